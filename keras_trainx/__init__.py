@@ -1,0 +1,16 @@
+"""keras_trainx: exact gradient accumulation, tf.distribute helpers, schedules, Mish and
+albumentations generators for Keras 3 (TensorFlow backend)."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "keras_trainx needs Keras' TensorFlow backend; this process uses "
+        f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
+    )
+
+from keras_trainx.fit import fit_accumulated  # noqa: E402
