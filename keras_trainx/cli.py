@@ -12,6 +12,12 @@ def build_parser():
     from keras_trainx import demo
 
     demo.add_arguments(commands.add_parser("demo", help=demo.__doc__.splitlines()[0]))
+
+    from keras_trainx import saving
+    from keras_trainx.schedules import plotting
+
+    saving.add_arguments(commands.add_parser("inspect", help="list the custom objects a saved model references"))
+    plotting.add_arguments(commands.add_parser("plot-schedule", help="plot a learning-rate schedule to a PNG"))
     return parser
 
 

@@ -1,0 +1,40 @@
+"""Activation functions: `mish` (Keras' built-in, re-exported) and `hard_mish`.
+
+`mish` is `keras.activations.mish` itself: a model using it saves as `"mish"` and loads with plain Keras.
+Keras' implementation, `x * tanh(softplus(x))` on TensorFlow's overflow-safe softplus, has finite values
+and gradients for |x| up to 1e3 (and beyond) in float32 and float16 (tests/test_activations.py), so
+there is nothing to fix.
+"""
+
+import keras
+from keras import ops
+
+mish = keras.activations.mish
+
+
+@keras.saving.register_keras_serializable(package="keras_trainx")
+def hard_mish(x):
+    """Hard Mish: a piecewise-quadratic approximation of Mish without exp/log.
+
+    `hard_mish(x) = x * min(max(x + 2, 0), 2) / 2`: 0 for x <= -2, `x * (x + 2) / 2` on (-2, 0),
+    `x` for x >= 0. No exp/log, so cheaper than Mish on CPUs and edge accelerators; timm ships it
+    and ports of timm models to Keras need it.
+
+    Args:
+        x: Input tensor.
+
+    Returns:
+        A tensor of the same shape and dtype as `x`.
+
+    Reference:
+        timm's `hard_mish` (`timm/layers/activations.py`), after Diganta Misra's notes in
+        github.com/digantamisra98/H-Mish.
+
+    Example:
+
+    >>> import keras_trainx
+    >>> keras_trainx.activations.hard_mish([-3.0, -1.0, 0.5]).numpy().tolist()
+    [-0.0, -0.5, 0.5]
+    """
+    x = ops.convert_to_tensor(x)
+    return x * ops.clip(x + 2.0, 0.0, 2.0) / 2.0

@@ -1,0 +1,254 @@
+"""Loading saved models: `custom_objects()`, `load_model()`, and `keras-trainx inspect MODEL`."""
+
+import json
+import os
+import zipfile
+
+import h5py
+import keras
+
+from keras_trainx import activations, layers, schedules  # noqa: F401  (registers our objects)
+
+PACKAGE = "keras_trainx"
+
+_KERAS_NAMESPACES = (
+    keras.layers,
+    keras.models,
+    keras.optimizers,
+    keras.optimizers.schedules,
+    keras.losses,
+    keras.metrics,
+    keras.initializers,
+    keras.regularizers,
+    keras.constraints,
+    keras.activations,
+)
+
+
+class LegacyMish:
+    """What the name `"Mish"` meant in tf.keras 2 models, in both of its roles.
+
+    The well-known tf.keras 2 recipe registers `get_custom_objects().update({"Mish": Mish(mish)})`
+    where `Mish` subclasses `Activation`; saved models then hold `{"class_name": "Mish", "config":
+    {..., "activation": "mish"}}` as a layer or as a layer's activation. Models that registered a
+    function named `Mish` hold the bare function name instead. This object loads both: called on a
+    tensor it is `mish`; `from_config` builds a `keras_trainx.layers.Mish`.
+    """
+
+    __name__ = "Mish"
+
+    def __call__(self, x):
+        return activations.mish(x)
+
+    @staticmethod
+    def from_config(config):
+        config = dict(config)
+        activation = config.pop("activation", "mish")
+        if activation not in ("mish", "Mish"):
+            raise ValueError(
+                f"A legacy 'Mish' layer wraps activation={activation!r}, not mish; pass your own class "
+                "in custom_objects={'Mish': ...} to load it."
+            )
+        return layers.Mish(**config)
+
+
+def custom_objects():
+    """Returns the objects a model saved with keras_trainx (or an old tf.keras 2 Mish model) needs.
+
+    Keys are the registered names of everything keras_trainx registers (`"keras_trainx>WarmUp"`,
+    `"keras_trainx>Mish"`, `"keras_trainx>hard_mish"`, ...) plus legacy aliases: `"Mish"` (the name
+    the tf.keras 2 recipe `get_custom_objects().update({"Mish": ...})` stored; see `LegacyMish`) and
+    `"mish"` (Keras' built-in mish, the `{"mish": mish}` recipe).
+
+    Returns:
+        A new dict on every call; adding to it changes nothing global.
+
+    Example:
+
+    >>> import keras, keras_trainx
+    >>> model = keras.models.load_model("model.keras", custom_objects=keras_trainx.custom_objects())
+    """
+    return _bundle()
+
+
+def _bundle():
+    objects = {
+        name: obj for name, obj in keras.saving.get_custom_objects().items() if name.startswith(PACKAGE + ">")
+    }
+    objects["Mish"] = LegacyMish()
+    objects["mish"] = activations.mish
+    return objects
+
+
+def load_model(filepath, custom_objects=None, **kwargs):
+    """`keras.models.load_model` with `keras_trainx.custom_objects()` merged in.
+
+    Args:
+        filepath: Path of a `.keras` file (or unzipped `.keras` directory) or a legacy `.h5` file.
+        custom_objects: Optional dict of the caller's own objects; its keys win over ours.
+        **kwargs: Passed on to `keras.models.load_model` (`compile`, `safe_mode`).
+
+    Returns:
+        The loaded Keras model.
+
+    Raises:
+        ValueError: For a TensorFlow SavedModel directory (Keras 3 cannot load one as a model; the
+            message names `keras.layers.TFSMLayer`), and when the model references objects that
+            resolve nowhere (the message lists their names).
+
+    Example:
+
+    >>> import keras_trainx
+    >>> model = keras_trainx.load_model("model.keras")
+    """
+    path = os.fspath(filepath)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise ValueError(
+            f"{path!r} is a TensorFlow SavedModel directory, which Keras 3 cannot load as a model. "
+            f"For inference use `keras.layers.TFSMLayer({path!r}, call_endpoint='serving_default')`; "
+            "to get a trainable Keras model, load it in tf.keras 2 and save it with `model.save('model.keras')` "
+            "(or '.h5')."
+        )
+    if custom_objects is not None and not isinstance(custom_objects, dict):
+        raise TypeError(f"`custom_objects` must be a dict of name -> object; received {custom_objects!r}.")
+    merged = {**_bundle(), **(custom_objects or {})}
+    try:
+        return keras.models.load_model(path, custom_objects=merged, **kwargs)
+    except (TypeError, ValueError) as error:
+        unknown = [name for name, resolves in referenced_objects(path, custom_objects).items() if not resolves]
+        if not unknown:
+            raise
+        raise ValueError(
+            f"Cannot load {path!r}: it references objects that neither Keras, keras_trainx nor your "
+            f"custom_objects know: {', '.join(unknown)}. Pass them as `custom_objects={{name: object}}` "
+            "or decorate them with `@keras.saving.register_keras_serializable()` and import their module "
+            "before loading."
+        ) from error
+
+
+def read_config(filepath):
+    """Returns the model config (a dict) stored in a `.keras` file/directory or a legacy `.h5` file.
+
+    The compile config (`.keras`) or training config (`.h5`), which name losses, metrics and the
+    optimizer with its schedule, is included under the key `"compile_config"` when present.
+    """
+    path = os.fspath(filepath)
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise ValueError(f"{path!r} is a directory without config.json; pass a .keras or .h5 file.")
+        with open(os.path.join(path, "config.json")) as f:
+            return json.load(f)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json"))
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            if "model_config" not in f.attrs:
+                raise ValueError(f"{path!r} is an HDF5 file without a model config (a weights-only file?).")
+            config = json.loads(f.attrs["model_config"])
+            if "training_config" in f.attrs:
+                config["compile_config"] = json.loads(f.attrs["training_config"])
+            return config
+    raise ValueError(f"{path!r} is neither a .keras zip, a .keras directory nor an HDF5 file.")
+
+
+def _references(node, found):
+    """Collects the names of objects a config references but that are not Keras built-ins."""
+    if isinstance(node, list):
+        for item in node:
+            _references(item, found)
+        return
+    if not isinstance(node, dict):
+        return
+    for key in ("activation", "recurrent_activation"):
+        if isinstance(node.get(key), str) and not _is_keras_activation(node[key]):
+            found.add(node[key])
+    if isinstance(node.get("class_name"), str):
+        name = _object_name(node)
+        if name is not None:
+            found.add(name)
+    for value in node.values():
+        _references(value, found)
+
+
+def _object_name(node):
+    """The name a serialized object is looked up by, or None for a Keras built-in."""
+    class_name, module = node["class_name"], node.get("module")
+    registered = node.get("registered_name")
+    if class_name == "__lambda__":
+        return None
+    if class_name == "function":
+        name = node.get("config")
+        if not isinstance(name, str) or (module and module.startswith("keras")) or _is_keras_activation(name):
+            return None
+        return name
+    if module and module.startswith("keras") and not registered:
+        return None
+    if not registered and _is_keras_class(class_name):
+        return None
+    return registered or class_name
+
+
+def _is_keras_class(name):
+    return name in ("Functional", "Sequential", "Model") or any(
+        isinstance(getattr(namespace, name, None), type) for namespace in _KERAS_NAMESPACES
+    )
+
+
+def _is_keras_activation(name):
+    try:
+        keras.activations.get(name)
+    except ValueError:
+        return False
+    return True
+
+
+def referenced_objects(filepath, custom_objects=None):
+    """Lists the custom (non-Keras) objects a saved model references and whether each resolves.
+
+    Args:
+        filepath: A `.keras` file or directory, or a legacy `.h5` file.
+        custom_objects: Optional dict of the caller's own objects, as for `load_model`.
+
+    Returns:
+        A dict `{name: resolves}` in name order; `resolves` is True when the name is in
+        keras_trainx's `custom_objects()`, in `custom_objects`, or registered with Keras.
+
+    Example:
+
+    >>> import keras_trainx.saving
+    >>> keras_trainx.saving.referenced_objects("model.keras")
+    {'keras_trainx>Mish': True, 'keras_trainx>WarmUp': True}
+    """
+    found = set()
+    _references(read_config(filepath), found)
+    known = {**_bundle(), **(custom_objects or {})}
+    return {
+        name: name in known or keras.saving.get_registered_object(name) is not None for name in sorted(found)
+    }
+
+
+def run_inspect(args):
+    """Runs `keras-trainx inspect MODEL`; exit code 0 if every custom object resolves, else 1."""
+    references = referenced_objects(args.model)
+    if not references:
+        print(f"{args.model}: no custom objects (plain Keras model)")
+        return 0
+    print(f"{args.model}: {len(references)} custom object(s)")
+    width = max(len(name) for name in references)
+    for name, resolves in references.items():
+        print(f"  {name:<{width}}  {'resolves' if resolves else 'UNKNOWN'}")
+    unknown = [name for name, resolves in references.items() if not resolves]
+    if unknown:
+        print(f"unknown: {', '.join(unknown)} -- pass them to load_model(custom_objects=...)")
+    return 1 if unknown else 0
+
+
+def add_arguments(parser):
+    """Adds the `inspect` arguments to `parser` and sets `run_inspect` as its handler."""
+    parser.description = (
+        "List the custom objects a saved model (.keras or .h5) references and whether each resolves "
+        "with keras_trainx imported. Exit code 1 when some do not."
+    )
+    parser.add_argument("model", metavar="MODEL", help="path of a .keras file/directory or a legacy .h5 file")
+    parser.set_defaults(run=run_inspect)

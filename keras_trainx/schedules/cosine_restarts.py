@@ -1,0 +1,106 @@
+"""`CosineAnnealingWarmupRestarts`: cosine cycles with linear warm-up and growing, decaying restarts."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_trainx.schedules._checks import check_float, check_int
+
+
+@keras.saving.register_keras_serializable(package="keras_trainx")
+class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine annealing with a linear warm-up at the start of every cycle.
+
+    The learning rate of the PyTorch scheduler of that name
+    (github.com/katsura-jp/pytorch-cosine-annealing-with-warmup) stepped once per update:
+
+    ```python
+    # cycle lengths: L[0] = first_cycle_steps, L[c + 1] = floor((L[c] - warmup_steps) * cycle_mult) + warmup_steps
+    def learning_rate(step):
+        c, t = cycle and position of `step` (cycles laid end to end)
+        peak = max_lr * gamma ** c
+        if t < warmup_steps:
+            return min_lr + (peak - min_lr) * t / warmup_steps
+        p = (t - warmup_steps) / (L[c] - warmup_steps)
+        return min_lr + (peak - min_lr) * (1 + cos(pi * p)) / 2
+    ```
+
+    With `warmup_steps=0` the first update uses `max_lr` (the torch class sets the optimizer to `min_lr`
+    for its very first update only, an artefact of its constructor). The cycle is found with a
+    `while_loop` over cycles, so the schedule is graph- and XLA-safe for any step.
+
+    Args:
+        first_cycle_steps: Python int >= 1. Length of the first cycle, warm-up included.
+        cycle_mult: Python float >= 1. Growth factor of the cosine part from one cycle to the next.
+        max_lr: Python float. Peak learning rate of the first cycle.
+        min_lr: Python float. Learning rate at the start of each warm-up and the end of each cycle.
+        warmup_steps: Python int in [0, first_cycle_steps). Linear warm-up steps of every cycle.
+        gamma: Python float > 0. The peak of cycle `c` is `max_lr * gamma ** c`.
+
+    Example:
+
+    >>> import keras_trainx
+    >>> schedule = keras_trainx.schedules.CosineAnnealingWarmupRestarts(
+    ...     first_cycle_steps=100, max_lr=0.1, min_lr=0.001, warmup_steps=10, gamma=0.5)
+    >>> [round(float(schedule(s)), 6) for s in (0, 10, 100, 110)]
+    [0.001, 0.1, 0.001, 0.05]
+    """
+
+    def __init__(self, first_cycle_steps, cycle_mult=1.0, max_lr=0.1, min_lr=0.001, warmup_steps=0, gamma=1.0):
+        super().__init__()
+        self.first_cycle_steps = check_int("first_cycle_steps", first_cycle_steps, minimum=1)
+        self.cycle_mult = check_float("cycle_mult", cycle_mult, minimum=1.0)
+        self.max_lr = check_float("max_lr", max_lr, minimum=0.0)
+        self.min_lr = check_float("min_lr", min_lr, minimum=0.0)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        if self.warmup_steps >= self.first_cycle_steps:
+            raise ValueError(
+                "`warmup_steps` must be < `first_cycle_steps` (each cycle needs a cosine part); received "
+                f"warmup_steps={warmup_steps}, first_cycle_steps={first_cycle_steps}."
+            )
+        self.gamma = check_float("gamma", gamma, 0.0, exclusive=True)
+
+    def _locate(self, step):
+        """Returns (cycle index, position in cycle, cycle length) of `step`, all float64 tensors."""
+        step = ops.cast(step, "float64")
+        if self.cycle_mult == 1.0:
+            length = float(self.first_cycle_steps)
+            cycle = ops.floor(step / length)
+            return cycle, step - cycle * length, ops.convert_to_tensor(length, "float64")
+
+        def not_inside(cycle, start, length):
+            return start + length <= step
+
+        def next_cycle(cycle, start, length):
+            cosine = ops.floor((length - self.warmup_steps) * self.cycle_mult)
+            return cycle + 1.0, start + length, cosine + self.warmup_steps
+
+        zero = ops.zeros_like(step)
+        cycle, start, length = ops.while_loop(
+            not_inside, next_cycle, (zero, zero, zero + float(self.first_cycle_steps))
+        )
+        return cycle, step - start, length
+
+    def __call__(self, step):
+        cycle, position, length = self._locate(step)
+        cycle = ops.cast(cycle, "float32")
+        position = ops.cast(position, "float32")
+        length = ops.cast(length, "float32")
+        peak = self.max_lr * ops.power(ops.convert_to_tensor(self.gamma, "float32"), cycle)
+        warmup = float(self.warmup_steps)
+        warming = self.min_lr + (peak - self.min_lr) * position / max(warmup, 1.0)
+        annealed = self.min_lr + (peak - self.min_lr) * (
+            1.0 + ops.cos(math.pi * (position - warmup) / (length - warmup))
+        ) / 2.0
+        return ops.where(position < warmup, warming, annealed)
+
+    def get_config(self):
+        return {
+            "first_cycle_steps": self.first_cycle_steps,
+            "cycle_mult": self.cycle_mult,
+            "max_lr": self.max_lr,
+            "min_lr": self.min_lr,
+            "warmup_steps": self.warmup_steps,
+            "gamma": self.gamma,
+        }

@@ -1,0 +1,95 @@
+"""`OneCycle`: the 1cycle learning-rate policy, as torch's OneCycleLR (two phases)."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_trainx.schedules._checks import check_float, check_int
+
+_ANNEALS = ("cos", "linear")
+
+
+@keras.saving.register_keras_serializable(package="keras_trainx")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """Anneals up from `max_learning_rate / div_factor` to `max_learning_rate`, then down to
+    `max_learning_rate / div_factor / final_div_factor`.
+
+    The learning rate of PyTorch's `torch.optim.lr_scheduler.OneCycleLR` (with `three_phase=False`)
+    stepped once per update:
+
+    ```python
+    initial = max_learning_rate / div_factor
+    final = initial / final_div_factor
+    peak = pct_start * total_steps - 1          # a float, as in torch
+    def learning_rate(step):
+        step = min(step, total_steps - 1)
+        if step <= peak:
+            return anneal(initial, max_learning_rate, step / peak)
+        return anneal(max_learning_rate, final, (step - peak) / (total_steps - 1 - peak))
+    # anneal="cos":    anneal(a, b, p) = b + (a - b) / 2 * (1 + cos(pi * p))
+    # anneal="linear": anneal(a, b, p) = a + (b - a) * p
+    ```
+
+    Steps past `total_steps - 1` keep the final learning rate (torch raises there instead).
+
+    Args:
+        max_learning_rate: Python float > 0. The peak learning rate.
+        total_steps: Python int >= 2. Number of updates in the cycle.
+        pct_start: Python float in (0, 1). Fraction of the cycle spent increasing; the peak step
+            `pct_start * total_steps - 1` must lie strictly between 0 and `total_steps - 1`.
+        div_factor: Python float > 0. `initial = max_learning_rate / div_factor`.
+        final_div_factor: Python float > 0. `final = initial / final_div_factor`.
+        anneal: `"cos"` or `"linear"`.
+
+    Example:
+
+    >>> import keras_trainx
+    >>> schedule = keras_trainx.schedules.OneCycle(0.1, total_steps=100)
+    >>> [round(float(schedule(s)), 6) for s in (0, 29, 99)]
+    [0.004, 0.1, 0.0]
+    """
+
+    def __init__(
+        self, max_learning_rate, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4, anneal="cos"
+    ):
+        super().__init__()
+        self.max_learning_rate = check_float("max_learning_rate", max_learning_rate, 0.0, exclusive=True)
+        self.total_steps = check_int("total_steps", total_steps, minimum=2)
+        self.pct_start = check_float("pct_start", pct_start, 0.0, exclusive=True)
+        peak = self.pct_start * self.total_steps - 1
+        if not 0 < peak < self.total_steps - 1:
+            raise ValueError(
+                "`pct_start * total_steps - 1` (the step of the peak) must lie in (0, total_steps - 1); "
+                f"received pct_start={pct_start}, total_steps={total_steps} (peak {peak}). "
+                "Raise total_steps or move pct_start towards 0.5."
+            )
+        self.div_factor = check_float("div_factor", div_factor, 0.0, exclusive=True)
+        self.final_div_factor = check_float("final_div_factor", final_div_factor, 0.0, exclusive=True)
+        if anneal not in _ANNEALS:
+            raise ValueError(f"`anneal` must be one of {_ANNEALS}; received anneal={anneal!r}.")
+        self.anneal = anneal
+
+    def _anneal(self, start, end, pct):
+        if self.anneal == "cos":
+            return end + (start - end) / 2.0 * (1.0 + ops.cos(math.pi * pct))
+        return start + (end - start) * pct
+
+    def __call__(self, step):
+        step = ops.minimum(ops.cast(step, "float32"), float(self.total_steps - 1))
+        initial = self.max_learning_rate / self.div_factor
+        final = initial / self.final_div_factor
+        peak = self.pct_start * self.total_steps - 1
+        rising = self._anneal(initial, self.max_learning_rate, step / peak)
+        falling = self._anneal(self.max_learning_rate, final, (step - peak) / (self.total_steps - 1 - peak))
+        return ops.where(step <= peak, rising, falling)
+
+    def get_config(self):
+        return {
+            "max_learning_rate": self.max_learning_rate,
+            "total_steps": self.total_steps,
+            "pct_start": self.pct_start,
+            "div_factor": self.div_factor,
+            "final_div_factor": self.final_div_factor,
+            "anneal": self.anneal,
+        }
