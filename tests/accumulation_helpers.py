@@ -1,0 +1,34 @@
+"""Shared builders for the fit_accumulated tests: small seeded models and a weight comparison."""
+
+import keras
+import numpy as np
+
+
+def regression_data(n=27, features=5, outputs=2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = rng.normal(size=(n, outputs)).astype("float32")
+    weights = rng.uniform(0.1, 2.0, size=n).astype("float32")
+    return x, y, weights
+
+
+def regression_model(optimizer, features=5, outputs=2, seed=1, **compile_kwargs):
+    """A two-layer MLP with an L2 kernel regularizer, identical for equal seeds."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((features,)),
+            keras.layers.Dense(6, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.01)),
+            keras.layers.Dense(outputs),
+        ]
+    )
+    compile_kwargs.setdefault("loss", "mse")
+    compile_kwargs.setdefault("metrics", ["mae"])
+    model.compile(optimizer=optimizer, **compile_kwargs)
+    return model
+
+
+def max_weight_difference(model_a, model_b):
+    return max(
+        float(np.max(np.abs(a - b))) for a, b in zip(model_a.get_weights(), model_b.get_weights())
+    )
