@@ -1,0 +1,108 @@
+"""A matplotlib grid of augmented samples with their labels, masks, boxes and keypoints drawn."""
+
+import math
+
+import numpy as np
+from albumentations.core.bbox_utils import convert_bboxes_to_albumentations
+
+from keras_trainx.data.targets import PAD_VALUE
+
+
+def _as_displayable(image):
+    if image.dtype == np.uint8:
+        return image
+    low, high = float(image.min()), float(image.max())
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+
+
+def preview(sequence, n=8, *, cols=4):
+    """Draws the first `n` samples of the current epoch of an `AugmentedSequence`.
+
+    Args:
+        sequence: an `AugmentedSequence`.
+        n: number of samples to draw (at most the number of images).
+        cols: grid columns.
+
+    Returns:
+        A `matplotlib.figure.Figure` (not shown; call `fig.savefig(...)` or display it in a notebook).
+
+    Example:
+
+    >>> from keras_trainx.data import AugmentedSequence
+    >>> seq = AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), batch_size=2, seed=0)
+    >>> len(preview(seq, 4, cols=2).axes)
+    4
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("preview() needs matplotlib: pip install 'keras_trainx[plot]'.") from error
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= sequence.num_samples:
+        raise ValueError(f"n must be an int in [1, {sequence.num_samples}], got {n!r}.")
+    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
+        raise ValueError(f"cols must be a positive int, got {cols!r}.")
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False)
+    drawn = 0
+    for index in range(len(sequence)):
+        batch = sequence[index]
+        images = batch[0]
+        target = batch[1] if len(batch) > 1 else None
+        for j in range(len(images)):
+            if drawn == n:
+                break
+            _draw(axes.flat[drawn], sequence, images[j], target, j)
+            drawn += 1
+        if drawn == n:
+            break
+    for axis in axes.flat[n:]:
+        figure.delaxes(axis)
+    figure.tight_layout()
+    return figure
+
+
+def _label_text(sequence, label):
+    label = np.asarray(label)
+    if label.ndim == 1 and sequence.targets.num_classes is not None:
+        label = label.argmax()
+    if label.ndim == 0 and np.issubdtype(label.dtype, np.integer) and sequence.class_names is not None:
+        return sequence.class_names[int(label)]
+    return np.array2string(label, precision=3)
+
+
+def _draw(axis, sequence, image, target, j):
+    axis.imshow(_as_displayable(image), cmap="gray" if image.ndim == 2 else None)
+    axis.set_axis_off()
+    parts = target if isinstance(target, dict) else {}
+    if target is not None and not isinstance(target, dict):
+        key = "labels" if sequence.targets.labels is not None else "masks"
+        parts = {key: target}
+    if "labels" in parts:
+        axis.set_title(_label_text(sequence, parts["labels"][j]), fontsize=9)
+    if "masks" in parts:
+        axis.imshow(np.squeeze(parts["masks"][j]), alpha=0.4, cmap="jet")
+    height, width = image.shape[:2]
+    if "boxes" in parts:
+        keep = parts["classes"][j] != PAD_VALUE
+        boxes = parts["boxes"][j][keep]
+        fmt = sequence.pipeline.processors["bboxes"].params.format
+        if len(boxes):
+            shape = {"height": height, "width": width}
+            normalized = boxes if fmt == "albumentations" else convert_bboxes_to_albumentations(boxes, fmt, shape)
+            for (x0, y0, x1, y1), cls in zip(normalized, parts["classes"][j][keep]):
+                axis.add_patch(_rectangle(x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height))
+                name = sequence.class_names[cls] if sequence.class_names is not None else str(cls)
+                axis.text(x0 * width, y0 * height, name, color="yellow", fontsize=7, va="bottom")
+    if "keypoints" in parts:
+        points = parts["keypoints"][j]
+        visible = (points != PAD_VALUE).any(axis=1)
+        fmt = sequence.pipeline.processors["keypoints"].params.format
+        xs, ys = (points[visible, 0], points[visible, 1]) if fmt[0] == "x" else (points[visible, 1], points[visible, 0])
+        axis.scatter(xs, ys, s=10, c="red")
+
+
+def _rectangle(x, y, w, h):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), w, h, fill=False, edgecolor="yellow", linewidth=1.2)

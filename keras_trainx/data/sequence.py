@@ -1,0 +1,282 @@
+"""`AugmentedSequence`: a reproducible albumentations image generator on `keras.utils.PyDataset`."""
+
+import copy
+import math
+import threading
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_trainx.data import loaders
+from keras_trainx.data.epochs import called_from_keras_reset
+from keras_trainx.data.pipeline import build_pipeline
+from keras_trainx.data.rng import batch_random_state, check_seed, epoch_permutation
+from keras_trainx.data.sources import as_source
+from keras_trainx.data.targets import BatchTargets, Targets
+
+
+class AugmentedSequence(keras.utils.PyDataset):
+    """Batches of images augmented with albumentations, reproducible with any number of workers.
+
+    The augmentation of a batch is a pure function of `(seed, epoch, batch index)`: one NumPy
+    `Generator` and one `random.Random` are derived from them and shared by all transforms of the
+    pipeline (`Compose.set_random_state`), so transform decisions are independent of each other,
+    thread or process workers reproduce the single-process batches exactly, and epochs differ.
+    `on_epoch_end()` advances the epoch (and reshuffles when `shuffle`); the extra call Keras makes
+    before the first epoch of `fit`/`evaluate` is recognised and not counted, so epoch 0 of `fit` equals
+    epoch 0 of a manual loop (`for i in range(len(seq)): seq[i]` then `seq.on_epoch_end()`).
+
+    Each worker thread uses its own copy of the pipeline; the pipeline is validated in albumentations'
+    strict mode when the sequence is built (arguments albumentations would ignore raise ValueError).
+
+    A batch is `(images, target)`, `(images, target, sample_weight)`, or `(images,)` without targets.
+    `target` is `y` (one-hot float32 when `num_classes` is given), the masks when only `masks` is given,
+    or a dict with the keys `"labels"`, `"masks"`, `"boxes"`, `"classes"`, `"keypoints"` present
+    (boxes and keypoints padded with -1 to `max_boxes`/`max_keypoints`, see `targets.py`). Images keep
+    the dtype the pipeline produces (uint8 unless it normalizes): put a `Rescaling` layer in the model.
+
+    Args:
+        x: images: an array (N, H, W[, C]) of uint8 or float32, a list of such arrays (sizes may differ),
+            or a list of image file paths (read with OpenCV as RGB uint8).
+        y: optional targets: class labels (N,) or regression values (N, ...).
+        masks: optional segmentation masks (array, list of arrays or list of file paths) transformed
+            with their images; must match the images' height and width.
+        boxes: optional list (one entry per image) of box arrays (count, 4) in `bbox_format`.
+        box_classes: list of integer class arrays (count,), one per image; required with `boxes`.
+        bbox_format: albumentations box format: "pascal_voc", "coco", "yolo" or "albumentations".
+        max_boxes: boxes per image after padding; required with `boxes`.
+        keypoints: optional list of keypoint arrays (count, len(keypoint_format)), one per image.
+        keypoint_format: albumentations keypoint format, "xy" by default.
+        max_keypoints: keypoints per image after padding; required with `keypoints`.
+        sample_weight: optional per-image weights (N,), returned as the third element of each batch.
+        num_classes: optional; turns integer `y` into one-hot float32 vectors.
+        class_names: optional names of the classes, used by `preview()`.
+        image_size: optional `(height, width)`: every image (and mask, box, keypoint) is resized to it
+            before the augmentation (needed when images differ in size and no transform crops them
+            to a fixed size).
+        batch_size: images per batch.
+        transform: None, a list of albumentations transforms, or an `A.Compose` (copied, never
+            modified). With boxes or keypoints pass a list.
+        shuffle: reshuffle the sample order every epoch (a pure function of `(seed, epoch)`).
+        seed: non-negative int. None draws one at construction (stored in `self.seed`), so batches are
+            reproducible within the run and across workers; pass it back to reproduce a run.
+        drop_remainder: drop the last, partial batch (needed for static shapes, e.g. `to_tf_dataset`).
+        workers, use_multiprocessing, max_queue_size: as in `keras.utils.PyDataset`.
+
+    Example:
+
+    >>> import albumentations as A
+    >>> x = np.zeros((10, 8, 8, 3), np.uint8)
+    >>> seq = AugmentedSequence(x, np.arange(10) % 2, batch_size=4, seed=0,
+    ...                         transform=[A.HorizontalFlip(p=0.5)])
+    >>> len(seq), seq[0][0].shape, seq[2][0].shape
+    (3, (4, 8, 8, 3), (2, 8, 8, 3))
+    """
+
+    def __init__(self, x, y=None, *, masks=None, boxes=None, box_classes=None, bbox_format=None,
+                 max_boxes=None, keypoints=None, keypoint_format="xy", max_keypoints=None,
+                 sample_weight=None, num_classes=None, class_names=None, image_size=None,
+                 batch_size=32, transform=None, shuffle=True, seed=None, drop_remainder=False,
+                 workers=1, use_multiprocessing=False, max_queue_size=10):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
+                         max_queue_size=max_queue_size)
+        self.images = as_source(x, "x")
+        n = len(self.images)
+        self.targets = Targets(
+            n, y=y, num_classes=num_classes, masks=masks, boxes=boxes, box_classes=box_classes,
+            max_boxes=max_boxes, keypoints=keypoints, keypoint_format=keypoint_format,
+            max_keypoints=max_keypoints, sample_weight=sample_weight,
+        )
+        if (boxes is None) != (bbox_format is None):
+            raise ValueError("bbox_format and boxes go together: pass both (e.g. bbox_format='pascal_voc') or neither.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if drop_remainder and n < batch_size:
+            raise ValueError(
+                f"drop_remainder=True with {n} images and batch_size={batch_size} leaves no batch; "
+                f"lower batch_size."
+            )
+        if image_size is not None and (
+            len(image_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in image_size)
+        ):
+            raise ValueError(f"image_size must be (height, width) of positive ints, got {image_size!r}.")
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be True or False, got {shuffle!r}.")
+        self.pipeline = build_pipeline(
+            transform, image_size=image_size, bbox_format=bbox_format,
+            keypoint_format=None if keypoints is None else keypoint_format,
+        )
+        self.class_names = None if class_names is None else list(class_names)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = check_seed(seed)
+        self.drop_remainder = bool(drop_remainder)
+        self._epoch = 0
+        self._order = self._make_order()
+        self._local = threading.local()
+
+    @classmethod
+    def from_directory(cls, root, *, extensions=loaders.IMAGE_EXTENSIONS, **kwargs):
+        """A sequence over `root/<class name>/<image file>`: labels are the sorted class folders' indices.
+
+        Args:
+            root: directory with one sub-directory per class.
+            extensions: file name endings counted as images (case-insensitive).
+            **kwargs: any other `AugmentedSequence` argument (not `x`, `y`, `class_names`).
+
+        Returns:
+            An `AugmentedSequence` whose `class_names` are the folder names.
+        """
+        paths, labels, class_names = loaders.directory_files(root, extensions)
+        return cls(paths, labels, class_names=class_names, **kwargs)
+
+    @classmethod
+    def from_dataframe(cls, df, x_col, y_col=None, *, directory=None, **kwargs):
+        """A sequence over the image files listed in a pandas DataFrame.
+
+        Args:
+            df: the DataFrame.
+            x_col: column of file paths (relative to `directory` when given).
+            y_col: None, a column of class names (strings: mapped to sorted indices, names kept in
+                `class_names`) or of numbers (labels or regression targets), or a list of numeric
+                columns (regression targets of shape (N, len(y_col))).
+            directory: optional directory the paths are relative to.
+            **kwargs: any other `AugmentedSequence` argument.
+
+        Returns:
+            An `AugmentedSequence`.
+        """
+        paths, labels, class_names = loaders.dataframe_files(df, x_col, y_col, directory)
+        if class_names is not None:
+            kwargs["class_names"] = class_names
+        return cls(paths, labels, **kwargs)
+
+    @classmethod
+    def from_tfds(cls, name_or_dataset, *, split=None, data_dir=None, image_key="image",
+                  label_key="label", **kwargs):
+        """A sequence over a tensorflow-datasets dataset, read once into memory.
+
+        Args:
+            name_or_dataset: a registered TFDS name (e.g. "cifar10", loaded with `tfds.load`) or a
+                `tf.data.Dataset` of dicts or of `(image, label)` pairs.
+            split: the split to load (e.g. "train"); required with a name, not allowed with a dataset.
+            data_dir: optional TFDS data directory (with a name only).
+            image_key, label_key: feature names in dict elements; `label_key=None` loads images only.
+            **kwargs: any other `AugmentedSequence` argument (`class_names` defaults to the dataset's
+                label names when it has them).
+
+        Returns:
+            An `AugmentedSequence`.
+        """
+        images, labels, class_names = loaders.tfds_examples(
+            name_or_dataset, split=split, data_dir=data_dir, image_key=image_key, label_key=label_key
+        )
+        if class_names is not None:
+            kwargs.setdefault("class_names", class_names)
+        return cls(images, labels, **kwargs)
+
+    @property
+    def epoch(self):
+        """The epoch counter: 0 during the first epoch."""
+        return self._epoch
+
+    @property
+    def num_samples(self):
+        return len(self.images)
+
+    def __len__(self):
+        if self.drop_remainder:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _make_order(self):
+        if self.shuffle:
+            return epoch_permutation(self.seed, self._epoch, self.num_samples)
+        return np.arange(self.num_samples)
+
+    def _thread_pipeline(self):
+        pipeline = getattr(self._local, "pipeline", None)
+        if pipeline is None:
+            pipeline = copy.deepcopy(self.pipeline)
+            self._local.pipeline = pipeline
+        return pipeline
+
+    def batch_indices(self, index):
+        """The sample indices (into `x`) of batch `index` in the current epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches.")
+        return self._order[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def __getitem__(self, index):
+        ids = self.batch_indices(index)
+        pipeline = self._thread_pipeline()
+        pipeline.set_random_state(*batch_random_state(self.seed, self._epoch, index))
+        collected = BatchTargets(self.targets, len(ids))
+        images = None
+        for j, i in enumerate(ids):
+            image = self.images[i]
+            output = pipeline(image=image, **self.targets.inputs(i, image, self.images.describe))
+            result = output["image"]
+            if images is None:
+                images = np.empty((len(ids),) + result.shape, result.dtype)
+            elif result.shape != images.shape[1:]:
+                raise ValueError(
+                    f"{self.images.describe(i)} comes out of the pipeline with shape {result.shape}, the "
+                    f"batch's first image with {images.shape[1:]}; pass image_size=(height, width) or add "
+                    f"a transform with a fixed output size (A.Resize, A.RandomResizedCrop...)."
+                )
+            images[j] = result
+            collected.add(j, output)
+        target = collected.result(ids)
+        if target is None:
+            return (images,)
+        if self.targets.sample_weight is not None:
+            return images, target, self.targets.sample_weight[ids]
+        return images, target
+
+    def on_epoch_end(self):
+        """Advances the epoch and reshuffles; ignores Keras' extra call before the first epoch."""
+        if called_from_keras_reset():
+            return
+        self._epoch += 1
+        self._order = self._make_order()
+
+    def to_tf_dataset(self, *, prefetch=tf.data.AUTOTUNE):
+        """A `tf.data.Dataset` of the batches with static shapes (for tf.distribute and TPUs).
+
+        Uses `keras_trainx.data.to_tf_dataset`: up to `workers` batches are built at once in threads,
+        and each new pass over the dataset (each epoch of `fit`) first calls `on_epoch_end()`. Needs
+        `drop_remainder=True` when the last batch would be partial.
+
+        Args:
+            prefetch: batches to prefetch (`tf.data.AUTOTUNE` by default).
+
+        Returns:
+            A `tf.data.Dataset`.
+        """
+        from keras_trainx.data.tf_dataset import to_tf_dataset
+
+        if self.num_samples % self.batch_size and not self.drop_remainder:
+            raise ValueError(
+                f"to_tf_dataset() needs equal batches but {self.num_samples} images in batches of "
+                f"{self.batch_size} leave a last batch of {self.num_samples % self.batch_size}; build the "
+                f"sequence with drop_remainder=True (or a batch_size that divides {self.num_samples})."
+            )
+        return to_tf_dataset(self, prefetch=prefetch)
+
+    def preview(self, n=8, *, cols=4):
+        """A matplotlib figure of `n` augmented samples of the current epoch, with labels, masks,
+        boxes and keypoints drawn (see `keras_trainx.data.preview.preview`)."""
+        from keras_trainx.data.preview import preview
+
+        return preview(self, n, cols=cols)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
