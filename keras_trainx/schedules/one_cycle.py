@@ -71,9 +71,12 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         self.anneal = anneal
 
     def _anneal(self, start, end, pct):
+        """Weighted sums rather than torch's `end + (start - end) * w`: exact at both ends in float32."""
         if self.anneal == "cos":
-            return end + (start - end) / 2.0 * (1.0 + ops.cos(math.pi * pct))
-        return start + (end - start) * pct
+            weight = (1.0 + ops.cos(math.pi * pct)) / 2.0
+        else:
+            weight = 1.0 - pct
+        return start * weight + end * (1.0 - weight)
 
     def __call__(self, step):
         step = ops.minimum(ops.cast(step, "float32"), float(self.total_steps - 1))

@@ -42,7 +42,9 @@ def values(schedule, steps):
             f"`schedule` must be a keras.optimizers.schedules.LearningRateSchedule; received {schedule!r}."
         )
     steps = _steps_array(steps)
-    evaluate = tf.function(lambda s: tf.map_fn(lambda t: tf.cast(schedule(t), tf.float64), s, fn_output_signature=tf.float64))
+    evaluate = tf.function(
+        lambda s: tf.map_fn(lambda t: tf.cast(schedule(t), tf.float64), s, fn_output_signature=tf.float64)
+    ).get_concrete_function(tf.TensorSpec([None], tf.int64))
     return evaluate(tf.constant(steps, tf.int64)).numpy()
 
 
