@@ -1,0 +1,164 @@
+"""fit_accumulated's inputs (tf.data, PyDataset, generators, steps_per_epoch), argument checks, and
+the accumulators' absence from the model's weights and saved files."""
+
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_trainx
+from accumulation_helpers import max_weight_difference, regression_data, regression_model
+
+
+def _reference_on_windows(windows, epochs):
+    """Model.fit whose every batch is one window (micro-batches concatenated)."""
+    reference = regression_model(keras.optimizers.Adam(0.01))
+    big_batches = [
+        tuple(np.concatenate(parts) for parts in zip(*window)) for window in windows
+    ]
+
+    def generate():
+        while True:
+            yield from big_batches
+
+    reference.fit(generate(), steps_per_epoch=len(big_batches) // epochs, epochs=epochs, verbose=0)
+    return reference
+
+
+class _MicroBatches(keras.utils.PyDataset):
+    def __init__(self, x, y, weights, batch_size):
+        super().__init__()
+        self.x, self.y, self.weights, self.batch_size = x, y, weights, batch_size
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[part], self.y[part], self.weights[part]
+
+
+def _micro_batches(batch_size):
+    x, y, weights = regression_data()
+    return [
+        (x[i:i + batch_size], y[i:i + batch_size], weights[i:i + batch_size])
+        for i in range(0, len(x), batch_size)
+    ]
+
+
+@pytest.mark.parametrize("source", ["tf.data", "PyDataset"])
+def test_dataset_inputs_match_big_batch(source):
+    x, y, weights = regression_data()
+    micro = _micro_batches(8)  # 8, 8, 8, 3
+    if source == "tf.data":
+        data = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(8)
+    else:
+        data = _MicroBatches(x, y, weights, 8)
+    accumulated = regression_model(keras.optimizers.Adam(0.01))
+    keras_trainx.fit_accumulated(accumulated, data, accum_steps=3, epochs=2, verbose=0)
+    windows = [micro[:3], micro[3:]] * 2
+    assert int(accumulated.optimizer.iterations) == 4
+    assert max_weight_difference(_reference_on_windows(windows, 2), accumulated) < 1e-5
+
+
+def test_generator_with_steps_per_epoch_counts_micro_batches():
+    micro = _micro_batches(8)
+
+    def generate():
+        while True:
+            yield from micro
+
+    accumulated = regression_model(keras.optimizers.Adam(0.01))
+    # 5 micro-batches per epoch in windows of 2: 2 + 2 + 1, the stream continuing across epochs.
+    keras_trainx.fit_accumulated(accumulated, generate(), accum_steps=2, steps_per_epoch=5,
+                                 epochs=2, verbose=0)
+    stream = micro * 3
+    windows = [stream[0:2], stream[2:4], stream[4:5], stream[5:7], stream[7:9], stream[9:10]]
+    assert int(accumulated.optimizer.iterations) == 6
+    assert max_weight_difference(_reference_on_windows(windows, 2), accumulated) < 1e-5
+
+
+def test_dataset_of_unknown_length_applies_its_partial_last_window():
+    x, y, weights = regression_data()
+    data = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(8).filter(lambda *_: True)
+    assert data.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    accumulated = regression_model(keras.optimizers.Adam(0.01))
+    keras_trainx.fit_accumulated(accumulated, data, accum_steps=3, epochs=2, verbose=0)
+    micro = _micro_batches(8)
+    assert int(accumulated.optimizer.iterations) == 4
+    assert max_weight_difference(
+        _reference_on_windows([micro[:3], micro[3:]] * 2, 2), accumulated
+    ) < 1e-5
+
+
+def test_accumulators_are_not_model_or_saved_state(tmp_path):
+    x, y, _ = regression_data()
+    model = regression_model(keras.optimizers.Adam(0.01))
+    keras_trainx.fit_accumulated(model, x, y, batch_size=8, accum_steps=2, verbose=0)
+    plain = regression_model(keras.optimizers.Adam(0.01))
+    plain.fit(x, y, batch_size=8, verbose=0)
+    assert [w.shape for w in model.weights] == [w.shape for w in plain.weights]
+    assert len(model.weights) == len(plain.weights) == 4
+    assert len(model.get_weights()) == len(plain.get_weights()) == 4
+    assert not any("accumulated" in v.path for v in model.optimizer.variables)
+    model.save(tmp_path / "model.keras")
+    plain.save(tmp_path / "plain.keras")
+    with zipfile.ZipFile(tmp_path / "model.keras") as ours, zipfile.ZipFile(
+        tmp_path / "plain.keras"
+    ) as theirs:
+        assert ours.getinfo("model.weights.h5").file_size == theirs.getinfo(
+            "model.weights.h5").file_size
+
+
+def _compiled(**compile_kwargs):
+    return regression_model(keras.optimizers.SGD(0.1), **compile_kwargs)
+
+
+@pytest.mark.parametrize(
+    "accum_steps, error, message",
+    [
+        (0, ValueError, "accum_steps must be a positive int"),
+        (2.0, TypeError, "accum_steps must be a positive int"),
+        (True, TypeError, "accum_steps must be a positive int"),
+        ("4", TypeError, "accum_steps=4"),
+    ],
+)
+def test_bad_accum_steps(accum_steps, error, message):
+    x, y, _ = regression_data()
+    with pytest.raises(error, match=message):
+        keras_trainx.fit_accumulated(_compiled(), x, y, accum_steps=accum_steps)
+
+
+def test_bad_remainder_names_the_choices():
+    x, y, _ = regression_data()
+    with pytest.raises(ValueError, match=r"remainder must be one of \('apply', 'drop'\)"):
+        keras_trainx.fit_accumulated(_compiled(), x, y, accum_steps=2, remainder="keep")
+
+
+def test_uncompiled_model_is_refused():
+    x, y, _ = regression_data()
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"model must be compiled.*model.compile\("):
+        keras_trainx.fit_accumulated(model, x, y, accum_steps=2)
+
+
+def test_optimizer_with_builtin_accumulation_is_refused():
+    x, y, _ = regression_data()
+    model = regression_model(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2.*pass accum_steps"):
+        keras_trainx.fit_accumulated(model, x, y, accum_steps=2)
+
+
+def test_sum_reduction_is_refused_with_the_fix():
+    x, y, _ = regression_data()
+    model = _compiled(loss=keras.losses.MeanSquaredError(reduction="sum"))
+    with pytest.raises(ValueError, match="reduction='sum'.*sum_over_batch_size"):
+        keras_trainx.fit_accumulated(model, x, y, accum_steps=2, verbose=0)
+
+
+def test_unknown_fit_argument_is_a_type_error():
+    x, y, _ = regression_data()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
+        keras_trainx.fit_accumulated(_compiled(), x, y, accum_steps=2, batchsize=8)
