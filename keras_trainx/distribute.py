@@ -77,18 +77,15 @@ def auto_strategy(tpu=None):
     >>> strategy.num_replicas_in_sync
     1
     """
-    strategy, reason = _select(tpu)
+    strategy, name, reason = _select(tpu)
     logger.info(
-        "auto_strategy: %s with %d replica(s) (%s)",
-        type(strategy).__name__,
-        strategy.num_replicas_in_sync,
-        reason,
+        "auto_strategy: %s with %d replica(s) (%s)", name, strategy.num_replicas_in_sync, reason
     )
     return strategy
 
 
 def _select(tpu):
-    """Returns `(strategy, reason)`: the strategy and why it was chosen, for the log line."""
+    """Returns `(strategy, name, reason)`: the strategy, its public name and why it was chosen."""
     if tpu is not None:
         if not isinstance(tpu, str) or not tpu:
             raise TypeError(
@@ -96,7 +93,7 @@ def _select(tpu):
                 f"'grpc://host:port' or 'local'; got {tpu!r}."
             )
         try:
-            return _connect_tpu(tpu), f"TPU {tpu!r} from the tpu argument"
+            return _connect_tpu(tpu), "TPUStrategy", f"TPU {tpu!r} from the tpu argument"
         except Exception as error:
             raise RuntimeError(
                 f"auto_strategy could not reach the TPU given as tpu={tpu!r}: "
@@ -109,19 +106,21 @@ def _select(tpu):
     if found is not None:
         address, source = found
         try:
-            return _connect_tpu(address), f"TPU from {source}"
+            return _connect_tpu(address), "TPUStrategy", f"TPU from {source}"
         except Exception as error:
             passed_over = f"; TPU from {source} unreachable, passed over: {type(error).__name__}: {error}"
 
     workers = _tf_config_tasks()
     if workers > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy(), f"TF_CONFIG names {workers} tasks{passed_over}"
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return strategy, "MultiWorkerMirroredStrategy", f"TF_CONFIG names {workers} tasks{passed_over}"
     gpus = _gpu_devices()
     if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(gpus), f"{len(gpus)} GPUs{passed_over}"
+        return tf.distribute.MirroredStrategy(gpus), "MirroredStrategy", f"{len(gpus)} GPUs{passed_over}"
     if len(gpus) == 1:
-        return tf.distribute.OneDeviceStrategy("/gpu:0"), f"1 GPU{passed_over}"
-    return tf.distribute.get_strategy(), f"no TPU, cluster or GPU found{passed_over}"
+        return tf.distribute.OneDeviceStrategy("/gpu:0"), "OneDeviceStrategy", f"1 GPU{passed_over}"
+    reason = f"no TPU, cluster or GPU found{passed_over}"
+    return tf.distribute.get_strategy(), "the default strategy", reason
 
 
 def _tpu_from_environment():

@@ -196,7 +196,7 @@ def test_tf_config_with_two_workers_chooses_multi_worker(caplog, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     strategy, messages = _choose(caplog)
     assert isinstance(strategy, MultiWorker)
-    assert messages == ["auto_strategy: MultiWorker with 2 replica(s) (TF_CONFIG names 2 tasks)"]
+    assert messages == ["auto_strategy: MultiWorkerMirroredStrategy with 2 replica(s) (TF_CONFIG names 2 tasks)"]
 
 
 def test_tf_config_with_one_task_is_not_a_cluster(caplog, monkeypatch):
@@ -242,7 +242,7 @@ def test_nothing_found_gives_the_default_strategy(caplog):
     strategy, messages = _choose(caplog)
     assert strategy is tf.distribute.get_strategy()
     assert messages == [
-        "auto_strategy: _DefaultDistributionStrategy with 1 replica(s) (no TPU, cluster or GPU found)"
+        "auto_strategy: the default strategy with 1 replica(s) (no TPU, cluster or GPU found)"
     ]
 
 

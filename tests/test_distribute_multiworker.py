@@ -1,0 +1,124 @@
+"""fit_accumulated across two worker processes under MultiWorkerMirroredStrategy, on 127.0.0.1.
+
+Each worker (multiworker_worker.py) gets its own TF_CONFIG, lets `auto_strategy()` choose (it must
+pick MultiWorkerMirroredStrategy), trains with fit_accumulated (micro-batches 8, 8, 8 | 3: a partial
+window at the end of each epoch) and saves its weights. Both must end with identical weights, equal
+to a single-process `Model.fit` on the windows' concatenated samples (batch 24, so 24 | 3).
+Every wait is bounded: a worker that fails stops the other, and the whole run has a deadline.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import multiworker_worker as worker
+
+WORKER_SCRIPT = pathlib.Path(worker.__file__)
+REPOSITORY = WORKER_SCRIPT.parent.parent
+DEADLINE_S = 120
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _worker_environment(cluster, index):
+    environment = dict(os.environ)
+    for name in ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_CONFIG", "COLAB_TPU_ADDR"):
+        environment.pop(name, None)
+    environment.update(
+        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        CUDA_VISIBLE_DEVICES="-1",
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
+    )
+    return environment
+
+
+def _run_workers(outputs):
+    """Starts one worker per output path; returns their stderr texts. Fails on error or deadline."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(outputs))]}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER_SCRIPT), str(output)],
+            env=_worker_environment(cluster, index),
+            cwd=REPOSITORY,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index, output in enumerate(outputs)
+    ]
+    logs = [""] * len(processes)
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while any(p.poll() is None for p in processes):
+            failed = [p for p in processes if p.poll() not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+        for index, p in enumerate(processes):
+            logs[index] = p.communicate(timeout=30)[1]
+    codes = [p.returncode for p in processes]
+    if codes != [0] * len(processes):
+        report = "\n".join(
+            f"--- worker {i} (exit {code}) ---\n{log[-6000:]}" for i, (code, log) in enumerate(zip(codes, logs))
+        )
+        pytest.fail(f"workers did not finish cleanly within {DEADLINE_S} s:\n{report}")
+    return logs
+
+
+@pytest.fixture(scope="module")
+def single_process_reference():
+    """Plain Model.fit on the big batch (the windows' concatenated micro-batches), one device."""
+    model = worker.build_model()
+    x, y = worker.data()
+    history = model.fit(
+        x, y, batch_size=worker.BATCH_SIZE * worker.ACCUM_STEPS, epochs=worker.EPOCHS,
+        shuffle=False, verbose=0,
+    )
+    return model.get_weights(), history.history["loss"], int(model.optimizer.iterations)
+
+
+def test_two_workers_match_single_process_big_batch_fit(tmp_path, single_process_reference):
+    outputs = [tmp_path / "worker0.npz", tmp_path / "worker1.npz"]
+    logs = _run_workers(outputs)
+    for log in logs:
+        assert (
+            "keras_trainx: auto_strategy: MultiWorkerMirroredStrategy with 2 replica(s) "
+            "(TF_CONFIG names 2 tasks)"
+        ) in log
+
+    reference_weights, reference_loss, reference_iterations = single_process_reference
+    assert reference_iterations == 4  # 2 epochs x (24 | 3)
+    results = [np.load(output) for output in outputs]
+    for result in results:
+        # tf.distribute.MultiWorkerMirroredStrategy is the class CollectiveAllReduceStrategy
+        assert str(result["strategy_class"]) == "CollectiveAllReduceStrategy"
+        assert int(result["replicas"]) == 2
+        assert int(result["iterations"]) == reference_iterations
+        weights = [result[f"weight_{i}"] for i in range(len(reference_weights))]
+        for got, expected in zip(weights, reference_weights):
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(result["loss"], reference_loss, rtol=1e-5)
+    for i in range(len(reference_weights)):
+        np.testing.assert_array_equal(results[0][f"weight_{i}"], results[1][f"weight_{i}"])
