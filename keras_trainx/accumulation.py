@@ -9,7 +9,8 @@ equals one `Model.fit` step on the concatenation of the window's micro-batches:
                     = sum_i (c_i / C) * L_i,   L_i = Keras' mean loss of micro-batch i,
                                               c_i = its normalizer, C = sum_i c_i
 
-so each micro-step accumulates `c_i * grad(L_i)` and the update divides by `C`. Regularization losses
+so each micro-step accumulates `c_i * grad(L_i)` (unscaled, in the variables' dtype, float32 under
+mixed precision) and the update divides by `C`. Regularization losses
 are part of every `L_i`; their weights `c_i / C` sum to one, so they enter once per update.
 """
 
@@ -136,19 +137,21 @@ class WindowStep:
             )
             loss = loss_module.unscale_loss_for_distribution(loss)
             model._loss_tracker.update_state(loss, sample_weight=batch_size)
-            normalizer = tf.cast(self._micro_normalizer(y_pred, batch_size), loss.dtype)
-            objective = model.optimizer.scale_loss(loss * normalizer)
-        gradients = tape.gradient(objective, self._variables)
+            scaled_loss = model.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self._variables)
+        # Weighting by c_i happens on the unscaled float32 gradient, not inside the tape, so that
+        # mixed-precision backward passes see the same magnitudes as in Model.fit.
+        normalizer = tf.cast(self._micro_normalizer(y_pred, batch_size), tf.float32)
         scale = _loss_scale(model.optimizer)
         for index, (accumulator, gradient) in enumerate(zip(self._accumulators, gradients)):
             if gradient is None:
                 continue
             self._with_gradient[index] = True
-            gradient = tf.convert_to_tensor(gradient)
+            gradient = tf.cast(tf.convert_to_tensor(gradient), accumulator.dtype)
             if scale is not None:
                 gradient = gradient / tf.cast(scale, gradient.dtype)
-            accumulator.assign_add(tf.cast(gradient, accumulator.dtype))
-        self._normalizer.assign_add(tf.cast(normalizer, tf.float32))
+            accumulator.assign_add(gradient * tf.cast(normalizer, gradient.dtype))
+        self._normalizer.assign_add(normalizer)
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _micro_normalizer(self, y_pred, batch_size):

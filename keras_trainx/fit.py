@@ -2,6 +2,7 @@
 
 import numbers
 
+from keras import ops
 from keras.src import callbacks as callbacks_module
 from keras.src import optimizers as optimizers_module
 from keras.src import tree
@@ -132,7 +133,7 @@ def fit_accumulated(
                     break
         epoch_logs = dict(model._get_metrics_result_or_logs(logs))
         epoch_logs.update(validation.run(epoch))
-        epoch_logs["learning_rate"] = float(model.optimizer.learning_rate)
+        epoch_logs["learning_rate"] = float(ops.convert_to_numpy(model.optimizer.learning_rate))
         callbacks.on_epoch_end(epoch, epoch_logs)
         training_logs = epoch_logs
         if model.stop_training:
