@@ -22,6 +22,7 @@ from keras.src.trainers import trainer as base_trainer
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
+_CACHE_ATTRIBUTE = "_keras_trainx_window_step"
 
 
 class WindowStep:
@@ -46,6 +47,22 @@ class WindowStep:
         self._with_gradient = [False] * len(self._variables)
         self._accumulators, self._normalizer = self._create_accumulators()
         self._function = self._make_function()
+
+    @classmethod
+    def for_model(cls, model, accum_steps, apply_partial):
+        """The model's cached window step, traced once, as `Model.fit` keeps its train_function.
+
+        A new one is made when the model was recompiled or its compiled state changed. The cache
+        is set with `object.__setattr__`, past Keras' attribute tracking, so the accumulators never
+        become model state.
+        """
+        key = (accum_steps, apply_partial, id(model.optimizer), id(model._compile_loss),
+               model.run_eagerly, model.jit_compile, tuple(map(id, model.trainable_variables)))
+        cached = getattr(model, _CACHE_ATTRIBUTE, None)
+        if cached is None or cached[0] != key:
+            cached = (key, cls(model, accum_steps, apply_partial))
+            object.__setattr__(model, _CACHE_ATTRIBUTE, cached)
+        return cached[1]
 
     def __call__(self, iterator, num_steps):
         processed, logs = self._function(iterator, tf.constant(num_steps, tf.int32))

@@ -162,3 +162,19 @@ def test_unknown_fit_argument_is_a_type_error():
     x, y, _ = regression_data()
     with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
         keras_trainx.fit_accumulated(_compiled(), x, y, accum_steps=2, batchsize=8)
+
+
+def test_second_call_reuses_the_traced_window_and_continues_exactly():
+    x, y, weights = regression_data()
+    reference = regression_model(keras.optimizers.Adam(0.01))
+    reference.fit(x, y, sample_weight=weights, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    accumulated = regression_model(keras.optimizers.Adam(0.01))
+    arguments = dict(sample_weight=weights, batch_size=8, accum_steps=2, shuffle=False, verbose=0)
+    keras_trainx.fit_accumulated(accumulated, x, y, **arguments)
+    first = accumulated._keras_trainx_window_step
+    keras_trainx.fit_accumulated(accumulated, x, y, **arguments)
+    assert accumulated._keras_trainx_window_step is first
+    assert max_weight_difference(reference, accumulated) < 1e-5
+    accumulated.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    keras_trainx.fit_accumulated(accumulated, x, y, **arguments)
+    assert accumulated._keras_trainx_window_step is not first
