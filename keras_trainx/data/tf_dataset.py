@@ -96,12 +96,12 @@ def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
     shapes = [a.shape for a in first]
     passes = []
 
-    def indices():
+    def start_pass():
         if passes:
             sequence.on_epoch_end()
         passes.append(len(passes))
         sequence.on_epoch_begin()
-        yield from range(num_batches)
+        return np.int64(num_batches)
 
     def load(index):
         return _flat_arrays(sequence[int(index)], int(index))
@@ -111,7 +111,9 @@ def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
         flat = [tf.ensure_shape(t, shape) for t, shape in zip(flat, shapes)]
         return tf.nest.pack_sequence_as(structure, flat)
 
-    dataset = tf.data.Dataset.from_generator(indices, output_signature=tf.TensorSpec((), tf.int64))
+    # One numpy_function per pass runs the epoch hooks before any batch of the pass is built.
+    dataset = tf.data.Dataset.range(1).map(lambda _: tf.numpy_function(start_pass, [], tf.int64, stateful=True))
+    dataset = dataset.flat_map(tf.data.Dataset.range)
     if sequence.workers > 1:
         dataset = dataset.map(fetch, num_parallel_calls=sequence.workers, deterministic=True)
     else:
