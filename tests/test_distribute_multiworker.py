@@ -22,7 +22,7 @@ import multiworker_worker as worker
 
 WORKER_SCRIPT = pathlib.Path(worker.__file__)
 REPOSITORY = WORKER_SCRIPT.parent.parent
-DEADLINE_S = 120
+DEADLINE_S = 90
 
 
 def _free_ports(count):
@@ -51,33 +51,36 @@ def _worker_environment(cluster, index):
 
 
 def _run_workers(outputs):
-    """Starts one worker per output path; returns their stderr texts. Fails on error or deadline."""
+    """Starts one worker per output path; returns their stderr texts. Fails on error or deadline.
+
+    Each worker's stderr goes to a file next to its output (a pipe could fill up and block it).
+    """
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(outputs))]}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER_SCRIPT), str(output)],
-            env=_worker_environment(cluster, index),
-            cwd=REPOSITORY,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for index, output in enumerate(outputs)
-    ]
-    logs = [""] * len(processes)
+    log_paths = [pathlib.Path(output).with_suffix(".log") for output in outputs]
+    processes = []
     try:
+        for index, (output, log_path) in enumerate(zip(outputs, log_paths)):
+            with open(log_path, "w") as log:
+                processes.append(
+                    subprocess.Popen(
+                        [sys.executable, str(WORKER_SCRIPT), str(output)],
+                        env=_worker_environment(cluster, index),
+                        cwd=REPOSITORY,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
+                )
         deadline = time.monotonic() + DEADLINE_S
-        while any(p.poll() is None for p in processes):
-            failed = [p for p in processes if p.poll() not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                break
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in processes):
+                break  # one failed: the other would wait for it forever
             time.sleep(0.2)
     finally:
         for p in processes:
             if p.poll() is None:
                 p.kill()
-        for index, p in enumerate(processes):
-            logs[index] = p.communicate(timeout=30)[1]
+            p.wait(timeout=30)
+    logs = [log_path.read_text() for log_path in log_paths]
     codes = [p.returncode for p in processes]
     if codes != [0] * len(processes):
         report = "\n".join(
