@@ -1,0 +1,171 @@
+"""Throughput and peak memory of fit_accumulated against its peers, measured in one run.
+
+Throughput (samples/s, one process, peers timed in interleaved rounds so machine noise hits all alike):
+    fit_accumulated(micro B, N)  vs  Model.fit(B)  vs  Model.fit(B) with Keras' built-in
+    `gradient_accumulation_steps=N`. Each peer has its own model, traced before the first round.
+Peak memory (each peer in a fresh process, resident set size above the process' size just before
+training): fit_accumulated(B, N) vs Model.fit(B) vs Model.fit(B * N).
+
+    python benchmarks/bench_accumulation.py            # defaults below, a few minutes on 2 cores
+    python benchmarks/bench_accumulation.py --rounds 3 --samples 1024
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+
+
+def small_cnn(input_shape, optimizer):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def data(samples, size):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(samples, size, size, 3)).astype("float32")
+    y = rng.integers(0, 10, size=samples)
+    return x, y
+
+
+def peers(batch, accum_steps):
+    """name -> (optimizer kwargs, train(model, x, y))."""
+    import keras_trainx
+
+    return {
+        f"fit_accumulated({batch}x{accum_steps})": (
+            {},
+            lambda m, x, y: keras_trainx.fit_accumulated(
+                m, x, y, batch_size=batch, accum_steps=accum_steps, verbose=0
+            ),
+        ),
+        f"Model.fit({batch})": ({}, lambda m, x, y: m.fit(x, y, batch_size=batch, verbose=0)),
+        f"Keras gradient_accumulation_steps={accum_steps}": (
+            {"gradient_accumulation_steps": accum_steps},
+            lambda m, x, y: m.fit(x, y, batch_size=batch, verbose=0),
+        ),
+        f"Model.fit({batch * accum_steps})": (
+            {},
+            lambda m, x, y: m.fit(x, y, batch_size=batch * accum_steps, verbose=0),
+        ),
+    }
+
+
+def throughput(args):
+    import keras
+
+    x, y = data(args.samples, args.size)
+    runs = peers(args.batch, args.accum_steps)
+    models = {}
+    for name, (optimizer_kwargs, train) in runs.items():
+        models[name] = small_cnn(x.shape[1:], keras.optimizers.Adam(1e-3, **optimizer_kwargs))
+        train(models[name], x[: args.batch * args.accum_steps * 2], y[: args.batch * args.accum_steps * 2])
+    rates = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, (_, train) in runs.items():
+            start = time.perf_counter()
+            train(models[name], x, y)
+            rates[name].append(len(x) / (time.perf_counter() - start))
+    return {name: float(np.median(r)) for name, r in rates.items()}
+
+
+def memory_worker(args):
+    """Runs one peer for one epoch in this fresh process; prints its peak RSS growth in MiB."""
+    import keras
+
+    name = args.memory_worker
+    optimizer_kwargs, train = peers(args.batch, args.accum_steps)[name]
+    x, y = data(args.memory_samples, args.memory_size)
+    model = small_cnn(x.shape[1:], keras.optimizers.Adam(1e-3, **optimizer_kwargs))
+    model(x[:2])
+    before = current_rss_mib()
+    train(model, x, y)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"name": name, "before": before, "peak": peak, "growth": peak - before}))
+
+
+def current_rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory(args):
+    names = [
+        f"fit_accumulated({args.batch}x{args.accum_steps})",
+        f"Model.fit({args.batch})",
+        f"Model.fit({args.batch * args.accum_steps})",
+    ]
+    results = {}
+    for name in names:
+        command = [sys.executable, __file__, "--memory-worker", name] + forwarded(args)
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[name] = json.loads(output.strip().splitlines()[-1])
+    return results
+
+
+def forwarded(args):
+    return [
+        "--batch", str(args.batch), "--accum-steps", str(args.accum_steps),
+        "--memory-size", str(args.memory_size), "--memory-samples", str(args.memory_samples),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32, help="micro-batch size B")
+    parser.add_argument("--accum-steps", type=int, default=4, help="micro-batches per update N")
+    parser.add_argument("--size", type=int, default=32, help="image side for throughput")
+    parser.add_argument("--samples", type=int, default=2048, help="samples per timed epoch")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--memory-size", type=int, default=96, help="image side for memory")
+    parser.add_argument("--memory-samples", type=int, default=512)
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        memory_worker(args)
+        return
+
+    rates = throughput(args)
+    accumulated = f"fit_accumulated({args.batch}x{args.accum_steps})"
+    print(f"Throughput, {args.size}x{args.size}x3 small CNN, Adam, median of {args.rounds} "
+          f"interleaved rounds of {args.samples} samples:")
+    for name, rate in rates.items():
+        print(f"  {name:<40} {rate:9.0f} samples/s   fit_accumulated / this = "
+              f"{rates[accumulated] / rate:.3f}")
+    peaks = memory(args)
+    print(f"Peak memory, {args.memory_size}x{args.memory_size}x3, one epoch of "
+          f"{args.memory_samples} samples, each in a fresh process (RSS growth during training):")
+    reference = peaks[f"Model.fit({args.batch})"]["growth"]
+    for name, result in peaks.items():
+        print(f"  {name:<40} {result['growth']:8.0f} MiB   {result['growth'] / reference:.2f}x "
+              f"Model.fit({args.batch})   (peak RSS {result['peak']:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
