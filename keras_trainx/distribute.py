@@ -87,10 +87,15 @@ def auto_strategy(tpu=None):
 def _select(tpu):
     """Returns `(strategy, name, reason)`: the strategy, its public name and why it was chosen."""
     if tpu is not None:
-        if not isinstance(tpu, str) or not tpu:
+        if not isinstance(tpu, str):
             raise TypeError(
-                f"tpu must be None (detect) or a non-empty string: a TPU name, "
-                f"'grpc://host:port' or 'local'; got {tpu!r}."
+                f"tpu must be None (detect) or a string: a TPU name, 'grpc://host:port' or "
+                f"'local'; got {type(tpu).__name__} {tpu!r}."
+            )
+        if not tpu:
+            raise ValueError(
+                "tpu must not be empty: pass a TPU name, 'grpc://host:port' or 'local', or "
+                "tpu=None to detect a TPU from the environment."
             )
         try:
             return _connect_tpu(tpu), "TPUStrategy", f"TPU {tpu!r} from the tpu argument"

@@ -123,9 +123,13 @@ def test_explicit_tpu_that_fails_to_initialize_is_an_error(fake_tpu, monkeypatch
     assert fake_tpu == [("TPUClusterResolver", "local"), ("connect", "local")]
 
 
-@pytest.mark.parametrize("bad", ["", 3, ["my-tpu"]])
-def test_tpu_argument_must_be_a_name(bad):
-    with pytest.raises(TypeError, match="tpu must be None"):
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [("", ValueError, "tpu must not be empty"), (3, TypeError, "tpu must be None"),
+     (["my-tpu"], TypeError, "tpu must be None")],
+)
+def test_tpu_argument_must_be_a_name(bad, error, message):
+    with pytest.raises(error, match=message):
         distribute.auto_strategy(tpu=bad)
 
 
