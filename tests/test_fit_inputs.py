@@ -178,3 +178,15 @@ def test_second_call_reuses_the_traced_window_and_continues_exactly():
     accumulated.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     keras_trainx.fit_accumulated(accumulated, x, y, **arguments)
     assert accumulated._keras_trainx_window_step is not first
+
+
+def test_dataset_of_unknown_length_drops_its_partial_last_window():
+    x, y, weights = regression_data()
+    data = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(8).filter(lambda *_: True)
+    accumulated = regression_model(keras.optimizers.Adam(0.01))
+    keras_trainx.fit_accumulated(accumulated, data, accum_steps=3, remainder="drop", epochs=2,
+                                 verbose=0)
+    micro = _micro_batches(8)
+    # The end of data shows only after the last window started: its one micro-batch is discarded.
+    assert int(accumulated.optimizer.iterations) == 2
+    assert max_weight_difference(_reference_on_windows([micro[:3]] * 2, 2), accumulated) < 1e-5
