@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import zipfile
 
 import h5py
@@ -25,31 +26,40 @@ _KERAS_NAMESPACES = (
 )
 
 
-class LegacyMish:
+def legacy_mish(x):
     """What the name `"Mish"` meant in tf.keras 2 models, in both of its roles.
 
     The well-known tf.keras 2 recipe registers `get_custom_objects().update({"Mish": Mish(mish)})`
-    where `Mish` subclasses `Activation`; saved models then hold `{"class_name": "Mish", "config":
-    {..., "activation": "mish"}}` as a layer or as a layer's activation. Models that registered a
-    function named `Mish` hold the bare function name instead. This object loads both: called on a
-    tensor it is `mish`; `from_config` builds a `keras_trainx.layers.Mish`.
+    where `Mish` subclasses `Activation`; saved `.h5` models then hold `{"class_name": "Mish",
+    "config": {..., "activation": "mish"}}` as a layer's activation or as a layer of its own. Models
+    that registered a function named `Mish` hold the bare name instead. Keras 3 returns a function
+    found under a class name as is (the activation roles), and the legacy `.h5` loader builds layers
+    with `from_config` (the layer role), so this is a function with a `from_config` attribute that
+    builds a `keras_trainx.layers.Mish`. Its `__name__` is `"mish"`: a model loaded with it re-saves
+    with Keras' built-in `"mish"`.
+
+    Args:
+        x: Input tensor.
+
+    Returns:
+        `keras.activations.mish(x)`.
     """
+    return activations.mish(x)
 
-    __name__ = "Mish"
 
-    def __call__(self, x):
-        return activations.mish(x)
+def _legacy_mish_layer(config):
+    config = dict(config)
+    activation = config.pop("activation", "mish")
+    if not (activation in ("mish", "Mish") or activation in (activations.mish, legacy_mish)):
+        raise ValueError(
+            f"A legacy 'Mish' layer wraps activation={activation!r}, not mish; pass your own class in "
+            "custom_objects={'Mish': ...} to load it."
+        )
+    return layers.Mish(**config)
 
-    @staticmethod
-    def from_config(config):
-        config = dict(config)
-        activation = config.pop("activation", "mish")
-        if activation not in ("mish", "Mish"):
-            raise ValueError(
-                f"A legacy 'Mish' layer wraps activation={activation!r}, not mish; pass your own class "
-                "in custom_objects={'Mish': ...} to load it."
-            )
-        return layers.Mish(**config)
+
+legacy_mish.__name__ = "mish"
+legacy_mish.from_config = _legacy_mish_layer
 
 
 def custom_objects():
@@ -57,7 +67,7 @@ def custom_objects():
 
     Keys are the registered names of everything keras_trainx registers (`"keras_trainx>WarmUp"`,
     `"keras_trainx>Mish"`, `"keras_trainx>hard_mish"`, ...) plus legacy aliases: `"Mish"` (the name
-    the tf.keras 2 recipe `get_custom_objects().update({"Mish": ...})` stored; see `LegacyMish`) and
+    the tf.keras 2 recipe `get_custom_objects().update({"Mish": ...})` stored; see `legacy_mish`) and
     `"mish"` (Keras' built-in mish, the `{"mish": mish}` recipe).
 
     Returns:
@@ -75,7 +85,7 @@ def _bundle():
     objects = {
         name: obj for name, obj in keras.saving.get_custom_objects().items() if name.startswith(PACKAGE + ">")
     }
-    objects["Mish"] = LegacyMish()
+    objects["Mish"] = legacy_mish
     objects["mish"] = activations.mish
     return objects
 
@@ -116,21 +126,36 @@ def load_model(filepath, custom_objects=None, **kwargs):
         return keras.models.load_model(path, custom_objects=merged, **kwargs)
     except (TypeError, ValueError) as error:
         unknown = [name for name, resolves in referenced_objects(path, custom_objects).items() if not resolves]
-        if not unknown:
-            raise
-        raise ValueError(
-            f"Cannot load {path!r}: it references objects that neither Keras, keras_trainx nor your "
-            f"custom_objects know: {', '.join(unknown)}. Pass them as `custom_objects={{name: object}}` "
-            "or decorate them with `@keras.saving.register_keras_serializable()` and import their module "
-            "before loading."
-        ) from error
+        if unknown:
+            raise ValueError(
+                f"Cannot load {path!r}: it references objects that neither Keras, keras_trainx nor your "
+                f"custom_objects know: {', '.join(unknown)}. Pass them as `custom_objects={{name: object}}` "
+                "or decorate them with `@keras.saving.register_keras_serializable()` and import their "
+                "module before loading."
+            ) from error
+        if h5py.is_hdf5(path) and kwargs.get("compile", True) and _loads_uncompiled(path, merged, kwargs):
+            raise ValueError(
+                f"{path!r} holds a tf.keras 2 training config (optimizer, loss, metrics) that Keras 3 cannot "
+                f"rebuild ({error}); the model itself loads. Pass compile=False and call model.compile(...) "
+                "again."
+            ) from error
+        raise
+
+
+def _loads_uncompiled(path, custom_objects, kwargs):
+    try:
+        keras.models.load_model(path, custom_objects=custom_objects, **{**kwargs, "compile": False})
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def read_config(filepath):
     """Returns the model config (a dict) stored in a `.keras` file/directory or a legacy `.h5` file.
 
-    The compile config (`.keras`) or training config (`.h5`), which name losses, metrics and the
-    optimizer with its schedule, is included under the key `"compile_config"` when present.
+    A `.keras` config includes its `"compile_config"` (optimizer with its schedule, losses, metrics);
+    a tf.keras 2 `.h5` training config is left out (its optimizer names, e.g. "Custom>Adam", are
+    tf.keras built-ins, not custom objects).
     """
     path = os.fspath(filepath)
     if os.path.isdir(path):
@@ -145,10 +170,7 @@ def read_config(filepath):
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
                 raise ValueError(f"{path!r} is an HDF5 file without a model config (a weights-only file?).")
-            config = json.loads(f.attrs["model_config"])
-            if "training_config" in f.attrs:
-                config["compile_config"] = json.loads(f.attrs["training_config"])
-            return config
+            return json.loads(f.attrs["model_config"])
     raise ValueError(f"{path!r} is neither a .keras zip, a .keras directory nor an HDF5 file.")
 
 
@@ -175,14 +197,15 @@ def _object_name(node):
     """The name a serialized object is looked up by, or None for a Keras built-in."""
     class_name, module = node["class_name"], node.get("module")
     registered = node.get("registered_name")
-    if class_name == "__lambda__":
+    from_keras = module == "keras" or str(module).startswith("keras.")
+    if class_name.startswith("__"):
         return None
     if class_name == "function":
         name = node.get("config")
-        if not isinstance(name, str) or (module and module.startswith("keras")) or _is_keras_activation(name):
+        if not isinstance(name, str) or from_keras or _is_keras_activation(name):
             return None
         return name
-    if module and module.startswith("keras") and not registered:
+    if from_keras and ">" not in str(registered):
         return None
     if not registered and _is_keras_class(class_name):
         return None
@@ -229,8 +252,13 @@ def referenced_objects(filepath, custom_objects=None):
 
 
 def run_inspect(args):
-    """Runs `keras-trainx inspect MODEL`; exit code 0 if every custom object resolves, else 1."""
-    references = referenced_objects(args.model)
+    """Runs `keras-trainx inspect MODEL`; exit code 0 if every custom object resolves, 1 if some do
+    not, 2 if MODEL is not a readable saved model."""
+    try:
+        references = referenced_objects(args.model)
+    except (OSError, ValueError) as error:
+        print(f"keras-trainx inspect: error: {error}", file=sys.stderr)
+        return 2
     if not references:
         print(f"{args.model}: no custom objects (plain Keras model)")
         return 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -94,23 +95,35 @@ def schedule_from_cli(spec, config):
         serialized = json.loads(spec)
     else:
         serialized = {"class_name": spec, "config": json.loads(config)}
+    ours = {
+        obj.__name__: obj
+        for obj in keras_trainx.saving.custom_objects().values()
+        if isinstance(obj, type) and issubclass(obj, keras.optimizers.schedules.LearningRateSchedule)
+    }
     schedule = keras.optimizers.schedules.deserialize(
-        serialized, custom_objects=keras_trainx.saving.custom_objects()
+        serialized, custom_objects={**keras_trainx.saving.custom_objects(), **ours}
     )
     if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        raise ValueError(f"SCHEDULE {spec!r} is not a learning-rate schedule.")
+        raise ValueError(
+            f"SCHEDULE {spec!r} is not a known learning-rate schedule; use one of {sorted(ours)} or a Keras "
+            "schedule (e.g. CosineDecay, PiecewiseConstantDecay)."
+        )
     return schedule
 
 
 def run(args):
-    """Runs `keras-trainx plot-schedule`; returns the exit code."""
+    """Runs `keras-trainx plot-schedule`; returns the exit code (2 for a bad SCHEDULE or --steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    schedule = schedule_from_cli(args.schedule, args.config)
+    try:
+        schedule = schedule_from_cli(args.schedule, args.config)
+        lrs = values(schedule, args.steps)
+    except (TypeError, ValueError) as error:
+        print(f"keras-trainx plot-schedule: error: {error}", file=sys.stderr)
+        return 2
     figure = plot(schedule, args.steps)
     figure.savefig(args.output, dpi=120, bbox_inches="tight")
-    lrs = values(schedule, args.steps)
     print(
         f"wrote {args.output}: {type(schedule).__name__}, {args.steps} steps, "
         f"first {lrs[0]:.6g}, max {lrs.max():.6g} at step {int(lrs.argmax())}, last {lrs[-1]:.6g}"
