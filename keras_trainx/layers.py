@@ -20,7 +20,7 @@ class Mish(keras.layers.Layer):
 
     >>> import keras, keras_trainx
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras_trainx.layers.Mish()])
-    >>> model(keras.ops.ones((2, 4))).shape
+    >>> tuple(model(keras.ops.ones((2, 4))).shape)
     (2, 8)
     """
 

@@ -76,7 +76,10 @@ def custom_objects():
     Example:
 
     >>> import keras, keras_trainx
-    >>> model = keras.models.load_model("model.keras", custom_objects=keras_trainx.custom_objects())
+    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save("mish.keras")
+    >>> model = keras.models.load_model("mish.keras", custom_objects=keras_trainx.custom_objects())
+    >>> type(model.layers[0]).__name__
+    'Mish'
     """
     return _bundle()
 
@@ -108,8 +111,10 @@ def load_model(filepath, custom_objects=None, **kwargs):
 
     Example:
 
-    >>> import keras_trainx
-    >>> model = keras_trainx.load_model("model.keras")
+    >>> import keras, keras_trainx
+    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save("mish.keras")
+    >>> type(keras_trainx.load_model("mish.keras").layers[0]).__name__
+    'Mish'
     """
     path = os.fspath(filepath)
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
@@ -239,9 +244,10 @@ def referenced_objects(filepath, custom_objects=None):
 
     Example:
 
-    >>> import keras_trainx.saving
-    >>> keras_trainx.saving.referenced_objects("model.keras")
-    {'keras_trainx>Mish': True, 'keras_trainx>WarmUp': True}
+    >>> import keras, keras_trainx
+    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save("mish.keras")
+    >>> keras_trainx.saving.referenced_objects("mish.keras")
+    {'keras_trainx>Mish': True}
     """
     found = set()
     _references(read_config(filepath), found)

@@ -1,5 +1,6 @@
 """`values()` and `plot()`: look at any learning-rate schedule; the `plot-schedule` command."""
 
+import argparse
 import json
 import os
 import sys
@@ -138,10 +139,12 @@ def add_arguments(parser):
         "Keras', e.g. CosineDecay) with --config holding its keyword arguments as JSON; or a JSON "
         "object / .json file holding keras.saving.serialize_keras_object(schedule)."
     )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
-        "Examples:  keras-trainx plot-schedule OneCycle --config "
-        '\'{"max_learning_rate": 0.1, "total_steps": 1000}\' --steps 1000 -o onecycle.png    '
-        "keras-trainx plot-schedule schedule.json --steps 5000 -o lr.png"
+        "examples:\n"
+        "  keras-trainx plot-schedule OneCycle --config "
+        '\'{"max_learning_rate": 0.1, "total_steps": 1000}\' --steps 1000 -o onecycle.png\n'
+        "  keras-trainx plot-schedule schedule.json --steps 5000 -o lr.png"
     )
     parser.add_argument("schedule", metavar="SCHEDULE", help="class name, JSON object, or path to a .json file")
     parser.add_argument("--config", default="{}", help="JSON keyword arguments for a class-name SCHEDULE")
