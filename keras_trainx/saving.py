@@ -75,9 +75,10 @@ def custom_objects():
 
     Example:
 
-    >>> import keras, keras_trainx
-    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save("mish.keras")
-    >>> model = keras.models.load_model("mish.keras", custom_objects=keras_trainx.custom_objects())
+    >>> import keras, keras_trainx, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "mish.keras")
+    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save(path)
+    >>> model = keras.models.load_model(path, custom_objects=keras_trainx.custom_objects())
     >>> type(model.layers[0]).__name__
     'Mish'
     """
@@ -111,9 +112,10 @@ def load_model(filepath, custom_objects=None, **kwargs):
 
     Example:
 
-    >>> import keras, keras_trainx
-    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save("mish.keras")
-    >>> type(keras_trainx.load_model("mish.keras").layers[0]).__name__
+    >>> import keras, keras_trainx, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "mish.keras")
+    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save(path)
+    >>> type(keras_trainx.load_model(path).layers[0]).__name__
     'Mish'
     """
     path = os.fspath(filepath)
@@ -244,9 +246,10 @@ def referenced_objects(filepath, custom_objects=None):
 
     Example:
 
-    >>> import keras, keras_trainx
-    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save("mish.keras")
-    >>> keras_trainx.saving.referenced_objects("mish.keras")
+    >>> import keras, keras_trainx, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "mish.keras")
+    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save(path)
+    >>> keras_trainx.saving.referenced_objects(path)
     {'keras_trainx>Mish': True}
     """
     found = set()
