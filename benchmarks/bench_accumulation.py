@@ -1,6 +1,7 @@
 """Throughput and peak memory of fit_accumulated against its peers, measured in one run.
 
-Throughput (samples/s, one process, peers timed in interleaved rounds so machine noise hits all alike):
+Throughput (samples/s, one process, peers timed in interleaved rounds so machine noise hits all alike;
+the ratio reported is the median over rounds of the ratio within a round):
     fit_accumulated(micro B, N)  vs  Model.fit(B)  vs  Model.fit(B) with Keras' built-in
     `gradient_accumulation_steps=N`. Each peer has its own model, traced before the first round.
 Peak memory (each peer in a fresh process, resident set size above the process' size just before
@@ -78,21 +79,26 @@ def peers(batch, accum_steps):
 
 
 def throughput(args):
+    """Samples/s of every peer in each round; peers run in a rotated order from round to round."""
     import keras
 
     x, y = data(args.samples, args.size)
     runs = peers(args.batch, args.accum_steps)
+    names = list(runs)
     models = {}
+    warm_up = args.batch * args.accum_steps * 2
     for name, (optimizer_kwargs, train) in runs.items():
         models[name] = small_cnn(x.shape[1:], keras.optimizers.Adam(1e-3, **optimizer_kwargs))
-        train(models[name], x[: args.batch * args.accum_steps * 2], y[: args.batch * args.accum_steps * 2])
-    rates = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, (_, train) in runs.items():
+        train(models[name], x[:warm_up], y[:warm_up])
+    rounds = []
+    for index in range(args.rounds):
+        rates = {}
+        for name in names[index % len(names):] + names[: index % len(names)]:
             start = time.perf_counter()
-            train(models[name], x, y)
-            rates[name].append(len(x) / (time.perf_counter() - start))
-    return {name: float(np.median(r)) for name, r in rates.items()}
+            runs[name][1](models[name], x, y)
+            rates[name] = len(x) / (time.perf_counter() - start)
+        rounds.append(rates)
+    return rounds
 
 
 def memory_worker(args):
@@ -141,8 +147,8 @@ def main():
     parser.add_argument("--batch", type=int, default=32, help="micro-batch size B")
     parser.add_argument("--accum-steps", type=int, default=4, help="micro-batches per update N")
     parser.add_argument("--size", type=int, default=32, help="image side for throughput")
-    parser.add_argument("--samples", type=int, default=2048, help="samples per timed epoch")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--samples", type=int, default=1024, help="samples per timed epoch")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     parser.add_argument("--memory-size", type=int, default=96, help="image side for memory")
     parser.add_argument("--memory-samples", type=int, default=512)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
@@ -151,13 +157,16 @@ def main():
         memory_worker(args)
         return
 
-    rates = throughput(args)
+    rounds = throughput(args)
     accumulated = f"fit_accumulated({args.batch}x{args.accum_steps})"
-    print(f"Throughput, {args.size}x{args.size}x3 small CNN, Adam, median of {args.rounds} "
-          f"interleaved rounds of {args.samples} samples:")
-    for name, rate in rates.items():
-        print(f"  {name:<40} {rate:9.0f} samples/s   fit_accumulated / this = "
-              f"{rates[accumulated] / rate:.3f}")
+    print(f"Throughput, {args.size}x{args.size}x3 small CNN, Adam, {args.rounds} interleaved rounds "
+          f"of {args.samples} samples (ratio: median over rounds of fit_accumulated's samples/s over "
+          f"the peer's in the same round, min-max in brackets):")
+    for name in rounds[0]:
+        rates = [r[name] for r in rounds]
+        ratios = [r[accumulated] / r[name] for r in rounds]
+        print(f"  {name:<40} {np.median(rates):7.0f} samples/s   fit_accumulated / this = "
+              f"{np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
     peaks = memory(args)
     print(f"Peak memory, {args.memory_size}x{args.memory_size}x3, one epoch of "
           f"{args.memory_samples} samples, each in a fresh process (RSS growth during training):")

@@ -207,7 +207,7 @@ def _window_length(epoch_iterator, begin_step, accum_steps):
     num_batches = epoch_iterator.num_batches
     if num_batches is None:
         return accum_steps
-    return max(0, min(accum_steps, num_batches - begin_step))
+    return min(accum_steps, num_batches - begin_step)
 
 
 class _Validation:
