@@ -158,3 +158,20 @@ def test_images_of_different_sizes_need_a_fixed_output_size():
         seq[0]
     resized = AugmentedSequence([small, large], batch_size=2, shuffle=False, seed=0, image_size=(6, 5))
     assert resized[0][0].shape == (2, 6, 5, 3)
+
+
+def test_sample_function_equals_the_compose_for_the_same_random_state():
+    from keras_trainx.data.pipeline import build_pipeline, sample_function
+
+    x = images(12)
+    pipeline = build_pipeline(PIPELINE + [A.HueSaturationValue(p=0.5)])
+    apply = sample_function(pipeline)
+    assert apply is not pipeline  # no processors: the direct path
+    reference = A.Compose(PIPELINE + [A.HueSaturationValue(p=0.5)])
+    for index in range(3):
+        pipeline.set_random_state(*batch_random_state(5, 1, index))
+        reference.set_random_state(*batch_random_state(5, 1, index))
+        for image in x:
+            np.testing.assert_array_equal(apply(image=image)["image"], reference(image=image)["image"])
+    with_boxes = build_pipeline([A.HorizontalFlip(p=0.5)], bbox_format="pascal_voc")
+    assert sample_function(with_boxes) is with_boxes  # box processors: the Compose itself

@@ -5,7 +5,9 @@ albumentations 2.0.8 only warns about arguments it does not know (renamed ones s
 checked once, in strict mode, when the sequence is built; per-sample calls then run with strict mode
 and albumentations' shape check off (the sequence checks shapes itself): measured here for a
 four-transform pipeline on 64x64 images, 438 us per call in strict mode, 318 us with the defaults,
-265 us with both checks off.
+265 us with both checks off. A pipeline without box or keypoint processors is applied by calling its
+transforms in turn (`sample_function`), which skips the Compose's per-call bookkeeping (about 2% of a
+64x64 batch).
 """
 
 import copy
@@ -96,3 +98,37 @@ def build_pipeline(transform, *, image_size=None, bbox_format=None, keypoint_for
         if isinstance(inner, A.Compose):
             inner.is_check_shapes = False
     return pipeline
+
+
+def sample_function(pipeline):
+    """The per-sample callable of a pipeline built by `build_pipeline`: `function(**data) -> dict`.
+
+    Without bbox/keypoint processors and with `p=1`, `Compose.__call__` only draws its own (always
+    passing) probability check before the transforms, so the callable makes that same draw and calls
+    the transforms directly: its outputs equal the Compose's for the same random state. Otherwise the
+    Compose itself is returned.
+
+    Args:
+        pipeline: an `A.Compose` from `build_pipeline`.
+
+    Returns:
+        A callable taking the albumentations keyword inputs and returning the output dict.
+
+    Example:
+
+    >>> import numpy as np
+    >>> apply = sample_function(build_pipeline([A.HorizontalFlip(p=1.0)]))
+    >>> apply(image=np.arange(3, dtype=np.uint8).reshape(1, 3, 1))["image"].ravel().tolist()
+    [2, 1, 0]
+    """
+    if pipeline.processors or pipeline.p < 1 or pipeline.save_applied_params:
+        return pipeline
+    transforms = tuple(pipeline.transforms)
+
+    def apply(**data):
+        pipeline.py_random.random()  # the Compose's own p check: keeps the random stream unchanged
+        for t in transforms:
+            data = t(**data)
+        return data
+
+    return apply

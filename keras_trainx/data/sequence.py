@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_trainx.data import loaders
 from keras_trainx.data.epochs import called_from_keras_reset
-from keras_trainx.data.pipeline import build_pipeline
+from keras_trainx.data.pipeline import build_pipeline, sample_function
 from keras_trainx.data.rng import batch_random_state, check_seed, epoch_permutation
 from keras_trainx.data.sources import as_source
 from keras_trainx.data.targets import BatchTargets, Targets
@@ -196,11 +196,12 @@ class AugmentedSequence(keras.utils.PyDataset):
         return np.arange(self.num_samples)
 
     def _thread_pipeline(self):
-        pipeline = getattr(self._local, "pipeline", None)
-        if pipeline is None:
+        """This thread's copy of the pipeline and its per-sample callable (`sample_function`)."""
+        local = getattr(self._local, "pipeline", None)
+        if local is None:
             pipeline = copy.deepcopy(self.pipeline)
-            self._local.pipeline = pipeline
-        return pipeline
+            local = self._local.pipeline = (pipeline, sample_function(pipeline))
+        return local
 
     def batch_indices(self, index):
         """The sample indices (into `x`) of batch `index` in the current epoch."""
@@ -210,13 +211,13 @@ class AugmentedSequence(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         ids = self.batch_indices(index)
-        pipeline = self._thread_pipeline()
+        pipeline, augment = self._thread_pipeline()
         pipeline.set_random_state(*batch_random_state(self.seed, self._epoch, index))
         collected = BatchTargets(self.targets, len(ids))
         images = None
         for j, i in enumerate(ids):
             image = self.images[i]
-            output = pipeline(image=image, **self.targets.inputs(i, image, self.images.describe))
+            output = augment(image=image, **self.targets.inputs(i, image, self.images.describe))
             result = output["image"]
             if images is None:
                 images = np.empty((len(ids),) + result.shape, result.dtype)
