@@ -15,7 +15,7 @@ so tracing is left out. Then:
 - gradient all-reduces per update and per micro-batch, counted at run time by the counting
   cross-device op of tests/allreduce_counter.py (it counts reductions the graph executes).
 
-Run: `python benchmarks/bench_distributed.py` (about a minute on 2 cores); `--rounds 3` for less.
+Run: `python benchmarks/bench_distributed.py` (about three minutes on 2 cores); `--rounds 3` for less.
 """
 
 import argparse
@@ -45,7 +45,7 @@ from allreduce_counter import CountingReductionToOneDevice  # noqa: E402
 DEVICES = ["/cpu:0", "/cpu:1"]
 MICRO_BATCH = 32
 ACCUM_STEPS = 4
-NUM_SAMPLES = 512
+NUM_SAMPLES = 2048
 
 
 def build_model(strategy, **optimizer_kwargs):

@@ -120,7 +120,12 @@ class WindowStep:
                 second = tf.cond(
                     num_steps > 1, iterator.get_next_as_optional, lambda: first
                 )
-                processed, _ = tf.while_loop(cond, body, [tf.constant(1), second])
+                # One micro-step at a time: overlapping iterations ran up to 8% faster on 2 CPU
+                # cores but sometimes held two micro-batches' activations (1.36x the memory of
+                # Model.fit at the micro-batch instead of 1.02x) and summed in a varying order.
+                processed, _ = tf.while_loop(
+                    cond, body, [tf.constant(1), second], parallel_iterations=1
+                )
                 complete = tf.equal(processed, num_steps)
                 if self.apply_partial:
                     self.strategy.run(apply_step)
