@@ -3,7 +3,9 @@
 Throughput (samples/s, one process, peers timed in interleaved rounds so machine noise hits all alike;
 the ratio reported is the median over rounds of the ratio within a round):
     fit_accumulated(micro B, N)  vs  Model.fit(B)  vs  Model.fit(B) with Keras' built-in
-    `gradient_accumulation_steps=N`. Each peer has its own model, traced before the first round.
+    `gradient_accumulation_steps=N`  vs  Model.fit(B * N). Each peer has its own model, traced before
+    the first round. Two workloads: a small CNN on 32x32x3 images, compute-bound on a CPU, and an MLP
+    on 64 features, where per-step dispatch weighs (8x the samples per round).
 Peak memory (each peer in a fresh process, resident set size above the process' size just before
 training): fit_accumulated(B, N) vs Model.fit(B) vs Model.fit(B * N).
 
@@ -48,6 +50,31 @@ def small_cnn(input_shape, optimizer):
     return model
 
 
+def small_mlp(input_shape, optimizer):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def vectors(samples, features=64):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(samples, features)).astype("float32"), rng.integers(0, 10, size=samples)
+
+
 def data(samples, size):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(samples, size, size, 3)).astype("float32")
@@ -78,17 +105,16 @@ def peers(batch, accum_steps):
     }
 
 
-def throughput(args):
+def throughput(args, build, x, y):
     """Samples/s of every peer in each round; peers run in a rotated order from round to round."""
     import keras
 
-    x, y = data(args.samples, args.size)
     runs = peers(args.batch, args.accum_steps)
     names = list(runs)
     models = {}
     warm_up = args.batch * args.accum_steps * 2
     for name, (optimizer_kwargs, train) in runs.items():
-        models[name] = small_cnn(x.shape[1:], keras.optimizers.Adam(1e-3, **optimizer_kwargs))
+        models[name] = build(x.shape[1:], keras.optimizers.Adam(1e-3, **optimizer_kwargs))
         train(models[name], x[:warm_up], y[:warm_up])
     rounds = []
     for index in range(args.rounds):
@@ -157,16 +183,21 @@ def main():
         memory_worker(args)
         return
 
-    rounds = throughput(args)
     accumulated = f"fit_accumulated({args.batch}x{args.accum_steps})"
-    print(f"Throughput, {args.size}x{args.size}x3 small CNN, Adam, {args.rounds} interleaved rounds "
-          f"of {args.samples} samples (ratio: median over rounds of fit_accumulated's samples/s over "
-          f"the peer's in the same round, min-max in brackets):")
-    for name in rounds[0]:
-        rates = [r[name] for r in rounds]
-        ratios = [r[accumulated] / r[name] for r in rounds]
-        print(f"  {name:<40} {np.median(rates):7.0f} samples/s   fit_accumulated / this = "
-              f"{np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+    workloads = {
+        f"{args.size}x{args.size}x3 small CNN": (small_cnn, data(args.samples, args.size)),
+        "64-feature MLP (256-256-10)": (small_mlp, vectors(8 * args.samples)),
+    }
+    for workload, (build, (x, y)) in workloads.items():
+        rounds = throughput(args, build, x, y)
+        print(f"Throughput, {workload}, Adam, {args.rounds} interleaved rounds of {len(x)} samples "
+              "(ratio: median over rounds of fit_accumulated's samples/s over the peer's in the same "
+              "round, min-max in brackets):")
+        for name in rounds[0]:
+            rates = [r[name] for r in rounds]
+            ratios = [r[accumulated] / r[name] for r in rounds]
+            print(f"  {name:<40} {np.median(rates):7.0f} samples/s   fit_accumulated / this = "
+                  f"{np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
     peaks = memory(args)
     print(f"Peak memory, {args.memory_size}x{args.memory_size}x3, one epoch of "
           f"{args.memory_samples} samples, each in a fresh process (RSS growth during training):")
