@@ -1,13 +1,15 @@
-"""Images/s through `Model.fit` for the same albumentations pipeline fed four ways, in one process.
+"""Images/s through `Model.fit` for the same albumentations pipeline fed several ways, in one process.
 
 Peers, timed in interleaved rounds (the machine is noisy: every round times every peer once, in a
 rotated order; the median round counts, and the best round is printed too: other jobs on a shared
 machine slow whole rounds, which the best round filters out):
 
 - AugmentedSequence: `keras_trainx.data.AugmentedSequence` with 1 and 2 thread workers, and its
-  `to_tf_dataset()` (at 64x64 a second thread mostly contends for the GIL, so 1 worker can win);
+  `to_tf_dataset()` with 2 threads or 2 worker processes (at 64x64 a second thread mostly contends for
+  the GIL, so 1 worker can win, and processes pay off);
 - per-sample Sequence: the well-known recipe (a `keras.utils.PyDataset` whose `__getitem__` loops
-  `compose(image=...)` over the batch and stacks), with 1 and 2 thread workers;
+  `compose(image=...)` over the batch and stacks), with 1 and 2 thread workers and 2 Keras process
+  workers;
 - tf.data: `Dataset.range(steps).map(numpy_function(augment one batch), AUTOTUNE).prefetch(AUTOTUNE)`.
 
 The model is tiny (Rescaling, 2x2 average pooling, global pooling, Dense) so the input pipeline
@@ -83,8 +85,12 @@ def peers(x, y):
         "AugmentedSequence workers=1": lambda: augmented(),
         "AugmentedSequence workers=2 (threads)": lambda: augmented(workers=2),
         "AugmentedSequence.to_tf_dataset workers=2": lambda: augmented(workers=2).to_tf_dataset(),
+        "AugmentedSequence.to_tf_dataset 2 processes": lambda: augmented(
+            workers=2, use_multiprocessing=True).to_tf_dataset(),
         "per-sample Sequence workers=1": lambda: PerSampleSequence(x, y, BATCH),
         "per-sample Sequence workers=2 (threads)": lambda: PerSampleSequence(x, y, BATCH, workers=2),
+        "per-sample Sequence workers=2 (processes)": lambda: PerSampleSequence(
+            x, y, BATCH, workers=2, use_multiprocessing=True),
         "tf.data numpy_function AUTOTUNE": lambda: numpy_function_dataset(x, y),
     }
 

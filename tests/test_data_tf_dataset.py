@@ -103,3 +103,31 @@ def test_mirrored_strategy_trains_like_one_device():
     mirrored.fit(make(shuffle=False).to_tf_dataset(), epochs=2, shuffle=False, verbose=0)
     for a, b in zip(single.get_weights(), mirrored.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_process_workers_build_the_single_process_batches_epoch_after_epoch():
+    x = images(24)
+    y = np.arange(24)
+    kwargs = dict(batch_size=8, seed=5, drop_remainder=True,
+                  transform=[A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5)])
+    reference = AugmentedSequence(x, y, **kwargs)
+    dataset = AugmentedSequence(x, y, workers=2, use_multiprocessing=True, **kwargs).to_tf_dataset()
+    passes = []
+    for epoch in range(2):
+        got = [tuple(t.numpy() for t in batch) for batch in dataset]
+        expected = [reference[i] for i in range(len(reference))]
+        assert len(got) == len(expected) == 3
+        for (got_x, got_y), (want_x, want_y) in zip(got, expected):
+            np.testing.assert_array_equal(got_x, want_x)
+            np.testing.assert_array_equal(got_y, want_y)
+        passes.append(np.concatenate([b[0] for b in got]))
+        reference.on_epoch_end()
+    assert not np.array_equal(passes[0], passes[1])
+
+
+def test_process_workers_refuse_an_unpicklable_pipeline():
+    seq = AugmentedSequence(images(), np.arange(16), batch_size=8, workers=2,
+                            use_multiprocessing=True,
+                            transform=[A.Lambda(image=lambda image, **_: image)])
+    with pytest.raises(ValueError, match="cannot be pickled.*use_multiprocessing=False"):
+        seq.to_tf_dataset()
