@@ -27,47 +27,49 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 
 
-def small_cnn(input_shape, optimizer):
+def compiled(layers, optimizer):
+    """A seeded Sequential of `layers`, compiled for 10-class sparse labels."""
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(10),
-        ]
-    )
+    model = keras.Sequential(layers)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     return model
+
+
+def small_cnn(input_shape, optimizer):
+    from keras import Input, layers
+
+    return compiled(
+        [
+            Input(input_shape),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(10),
+        ],
+        optimizer,
+    )
 
 
 def small_mlp(input_shape, optimizer):
-    import keras
+    from keras import Input, layers
 
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
+    return compiled(
         [
-            keras.Input(input_shape),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(10),
-        ]
+            Input(input_shape),
+            layers.Dense(256, activation="relu"),
+            layers.Dense(256, activation="relu"),
+            layers.Dense(10),
+        ],
+        optimizer,
     )
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def vectors(samples, features=64):
