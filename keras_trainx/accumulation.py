@@ -10,8 +10,8 @@ equals one `Model.fit` step on the concatenation of the window's micro-batches:
                                               c_i = its normalizer, C = sum_i c_i
 
 so each micro-step accumulates `c_i * grad(L_i)` (unscaled, in the variables' dtype, float32 under
-mixed precision) and the update divides by `C`. Regularization losses
-are part of every `L_i`; their weights `c_i / C` sum to one, so they enter once per update.
+mixed precision) and the update divides by `C`. Regularization losses are part of every `L_i`; their
+weights `c_i / C` sum to one, so they enter once per update.
 """
 
 import tensorflow as tf
@@ -30,17 +30,15 @@ class WindowStep:
 
     Args:
         model: a compiled `keras.Model` (built under the strategy scope it trains with).
-        accum_steps: micro-batches per update.
         apply_partial: whether a window that ends early (the data ran out) is applied as its own
             update, normalized by its own samples; if False it is discarded.
 
-    Calling it with `(iterator, num_steps)` returns `(processed, logs)`: how many micro-batches were
-    consumed and the model's metric results.
+    Calling it with `(iterator, num_steps)` runs a window of up to `num_steps` micro-batches and
+    returns `(processed, logs)`: how many micro-batches were consumed and the model's metric results.
     """
 
-    def __init__(self, model, accum_steps, apply_partial):
+    def __init__(self, model, apply_partial):
         self.model = model
-        self.accum_steps = accum_steps
         self.apply_partial = apply_partial
         self.strategy = model.distribute_strategy
         self._variables = list(model.trainable_variables)
@@ -49,18 +47,18 @@ class WindowStep:
         self._function = self._make_function()
 
     @classmethod
-    def for_model(cls, model, accum_steps, apply_partial):
+    def for_model(cls, model, apply_partial):
         """The model's cached window step, traced once, as `Model.fit` keeps its train_function.
 
         A new one is made when the model was recompiled or its compiled state changed. The cache
         is set with `object.__setattr__`, past Keras' attribute tracking, so the accumulators never
         become model state.
         """
-        key = (accum_steps, apply_partial, id(model.optimizer), id(model._compile_loss),
+        key = (apply_partial, id(model.optimizer), id(model._compile_loss),
                model.run_eagerly, model.jit_compile, tuple(map(id, model.trainable_variables)))
         cached = getattr(model, _CACHE_ATTRIBUTE, None)
         if cached is None or cached[0] != key:
-            cached = (key, cls(model, accum_steps, apply_partial))
+            cached = (key, cls(model, apply_partial))
             object.__setattr__(model, _CACHE_ATTRIBUTE, cached)
         return cached[1]
 
@@ -126,12 +124,11 @@ class WindowStep:
                 processed, _ = tf.while_loop(
                     cond, body, [tf.constant(1), second], parallel_iterations=1
                 )
-                complete = tf.equal(processed, num_steps)
                 if self.apply_partial:
                     self.strategy.run(apply_step)
                 else:
                     tf.cond(
-                        complete,
+                        tf.equal(processed, num_steps),
                         lambda: self.strategy.run(apply_step),
                         lambda: self.strategy.run(discard_step),
                     )

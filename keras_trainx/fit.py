@@ -98,7 +98,7 @@ def fit_accumulated(
     )
     _build(model, epoch_iterator)
     epoch_iterator.reset()
-    window = WindowStep.for_model(model, accum_steps, apply_partial=remainder == "apply")
+    window = WindowStep.for_model(model, apply_partial=remainder == "apply")
 
     if not isinstance(callbacks, callbacks_module.CallbackList):
         callbacks = callbacks_module.CallbackList(
