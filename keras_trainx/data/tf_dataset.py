@@ -94,12 +94,13 @@ def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
             )
     dtypes = [tf.as_dtype(a.dtype) for a in first]
     shapes = [a.shape for a in first]
-    passes = []
+    started = False
 
     def start_pass():
-        if passes:
+        nonlocal started
+        if started:
             sequence.on_epoch_end()
-        passes.append(len(passes))
+        started = True
         sequence.on_epoch_begin()
         return np.int64(num_batches)
 
