@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_trainx.schedules._checks import check_float, check_int
+from keras_trainx.validation import check_float, check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_trainx")
@@ -59,7 +59,7 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
                 "`warmup_steps` must be < `first_cycle_steps` (each cycle needs a cosine part); received "
                 f"warmup_steps={warmup_steps}, first_cycle_steps={first_cycle_steps}."
             )
-        self.gamma = check_float("gamma", gamma, 0.0, exclusive=True)
+        self.gamma = check_float("gamma", gamma, minimum=0.0, exclusive_minimum=True)
 
     def _locate(self, step):
         """Returns (cycle index, position in cycle, cycle length) of `step`, all float64 tensors."""

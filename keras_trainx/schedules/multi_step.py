@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_trainx.schedules._checks import check_float, check_int
+from keras_trainx.validation import check_float, check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_trainx")
@@ -33,14 +33,14 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, milestones, factor=0.1):
         super().__init__()
-        self.initial_learning_rate = check_float("initial_learning_rate", initial_learning_rate, 0.0, exclusive=True)
+        self.initial_learning_rate = check_float("initial_learning_rate", initial_learning_rate, minimum=0.0, exclusive_minimum=True)
         if not isinstance(milestones, (list, tuple)) or not milestones:
             raise TypeError(f"`milestones` must be a non-empty list of ints; received milestones={milestones!r}.")
         milestones = [check_int("milestones[i]", m, minimum=1) for m in milestones]
         if any(b <= a for a, b in zip(milestones, milestones[1:])):
             raise ValueError(f"`milestones` must be strictly increasing; received milestones={milestones}.")
         self.milestones = milestones
-        self.factor = check_float("factor", factor, 0.0, exclusive=True)
+        self.factor = check_float("factor", factor, minimum=0.0, exclusive_minimum=True)
 
     def __call__(self, step):
         step = ops.convert_to_tensor(step)

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_trainx.schedules._checks import check_float, check_int
+from keras_trainx.validation import check_float, check_int
 
 _ANNEALS = ("cos", "linear")
 
@@ -54,9 +54,9 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         self, max_learning_rate, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4, anneal="cos"
     ):
         super().__init__()
-        self.max_learning_rate = check_float("max_learning_rate", max_learning_rate, 0.0, exclusive=True)
+        self.max_learning_rate = check_float("max_learning_rate", max_learning_rate, minimum=0.0, exclusive_minimum=True)
         self.total_steps = check_int("total_steps", total_steps, minimum=2)
-        self.pct_start = check_float("pct_start", pct_start, 0.0, exclusive=True)
+        self.pct_start = check_float("pct_start", pct_start, minimum=0.0, exclusive_minimum=True)
         peak = self.pct_start * self.total_steps - 1
         if not 0 < peak < self.total_steps - 1:
             raise ValueError(
@@ -64,8 +64,8 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
                 f"received pct_start={pct_start}, total_steps={total_steps} (peak {peak}). "
                 "Raise total_steps or move pct_start towards 0.5."
             )
-        self.div_factor = check_float("div_factor", div_factor, 0.0, exclusive=True)
-        self.final_div_factor = check_float("final_div_factor", final_div_factor, 0.0, exclusive=True)
+        self.div_factor = check_float("div_factor", div_factor, minimum=0.0, exclusive_minimum=True)
+        self.final_div_factor = check_float("final_div_factor", final_div_factor, minimum=0.0, exclusive_minimum=True)
         if anneal not in _ANNEALS:
             raise ValueError(f"`anneal` must be one of {_ANNEALS}; received anneal={anneal!r}.")
         self.anneal = anneal

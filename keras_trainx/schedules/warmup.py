@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_trainx.schedules._checks import check_float, check_int
+from keras_trainx.validation import check_float, check_int
 
 _MODES = ("linear", "exponential")
 

@@ -1,0 +1,121 @@
+"""Argument checks shared by every public entry point: one style of message everywhere.
+
+A value of the wrong type raises `TypeError`; a value of the right type outside its accepted range
+raises `ValueError`. Both name the argument, say what is accepted and show what was received, so
+the message alone tells the user the fix.
+"""
+
+import math
+import numbers
+
+
+def _received(name, value):
+    return f"received {name}={value!r}"
+
+
+def check_int(name, value, *, minimum=None, maximum=None, hint=""):
+    """Returns `value` as an `int` if it is an integer within `[minimum, maximum]`.
+
+    Args:
+        name: the argument's name, as the user spelled it.
+        value: the value to check. `bool` is refused (it is an `int` only by accident).
+        minimum: smallest accepted value, or `None`.
+        maximum: largest accepted value, or `None`.
+        hint: one sentence appended to the message, e.g. how to get the default behaviour.
+
+    Example:
+
+    >>> check_int("accum_steps", 4, minimum=1)
+    4
+    >>> check_int("accum_steps", 0, minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `accum_steps` must be an int >= 1; received accum_steps=0.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(_join(f"`{name}` must be an int; {_received(name, value)} of type "
+                              f"{type(value).__name__}.", hint))
+    _check_range(name, value, minimum, maximum, False, False, "an int", hint)
+    return int(value)
+
+
+def check_float(name, value, *, minimum=None, maximum=None, exclusive_minimum=False,
+                exclusive_maximum=False, hint=""):
+    """Returns `value` as a finite `float` within the given bounds.
+
+    Args:
+        name: the argument's name, as the user spelled it.
+        value: the value to check: any real number except `bool`; NaN and infinities are refused.
+        minimum: lower bound, or `None`.
+        maximum: upper bound, or `None`.
+        exclusive_minimum: whether `minimum` itself is refused.
+        exclusive_maximum: whether `maximum` itself is refused.
+        hint: one sentence appended to the message.
+
+    Example:
+
+    >>> check_float("max_learning_rate", 0.1, minimum=0.0, exclusive_minimum=True)
+    0.1
+    >>> check_float("max_learning_rate", float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: `max_learning_rate` must be a finite number; received max_learning_rate=nan.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(_join(f"`{name}` must be a number; {_received(name, value)} of type "
+                              f"{type(value).__name__}.", hint))
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(_join(f"`{name}` must be a finite number; {_received(name, value)}.", hint))
+    _check_range(name, value, minimum, maximum, exclusive_minimum, exclusive_maximum, "a number", hint)
+    return value
+
+
+def check_bool(name, value, *, hint=""):
+    """Returns `value` if it is `True` or `False`.
+
+    Example:
+
+    >>> check_bool("staircase", 1)
+    Traceback (most recent call last):
+    ...
+    TypeError: `staircase` must be True or False; received staircase=1 of type int.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(_join(f"`{name}` must be True or False; {_received(name, value)} of type "
+                              f"{type(value).__name__}.", hint))
+    return value
+
+
+def check_choice(name, value, choices, *, hint=""):
+    """Returns `value` if it is one of `choices`.
+
+    Example:
+
+    >>> check_choice("remainder", "keep", ("apply", "drop"))
+    Traceback (most recent call last):
+    ...
+    ValueError: `remainder` must be one of 'apply', 'drop'; received remainder='keep'.
+    """
+    if value not in choices:
+        accepted = ", ".join(repr(c) for c in choices)
+        raise ValueError(_join(f"`{name}` must be one of {accepted}; {_received(name, value)}.", hint))
+    return value
+
+
+def _check_range(name, value, minimum, maximum, exclusive_minimum, exclusive_maximum, kind, hint):
+    below = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
+    above = maximum is not None and (value >= maximum if exclusive_maximum else value > maximum)
+    if not (below or above):
+        return
+    bounds = []
+    if minimum is not None:
+        bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
+    if maximum is not None:
+        bounds.append(f"{'<' if exclusive_maximum else '<='} {maximum}")
+    raise ValueError(_join(f"`{name}` must be {kind} {' and '.join(bounds)}; "
+                           f"{_received(name, value)}.", hint))
+
+
+def _join(message, hint):
+    return f"{message} {hint}" if hint else message
