@@ -1,35 +1,46 @@
 """The compiled accumulation window: micro-steps accumulate locally, then one optimizer update.
 
-One call of `WindowStep` pulls up to `accum_steps` micro-batches from a (distributed) iterator, runs
+One call of `WindowStep` pulls up to `num_steps` micro-batches from a (distributed) iterator, runs
 forward and backward passes on each, adds the gradients into per-replica accumulators (no cross-replica
-traffic), and then applies their sum once, normalized by the window's GLOBAL sample count. The result
+traffic), and then applies their sum once, normalized by the window's GLOBAL normalizer. The result
 equals one `Model.fit` step on the concatenation of the window's micro-batches:
 
-    big-batch loss  = (sum of weighted per-sample losses) / (samples in the window)
-                    = sum_i (c_i / C) * L_i,   L_i = Keras' mean loss of micro-batch i,
-                                              c_i = its normalizer, C = sum_i c_i
+    big-batch loss  = (sum of weighted per-element losses) / (the big batch's divisor)
+                    = sum_i (c_i / C) * L_i,   L_i = Keras' reduced loss of micro-batch i,
+                                              c_i = its divisor, C = sum_i c_i
 
 so each micro-step accumulates `c_i * grad(L_i)` (unscaled, in the variables' dtype, float32 under
-mixed precision) and the update divides by `C`. Regularization losses are part of every `L_i`; their
-weights `c_i / C` sum to one, so they enter once per update.
+mixed precision) and the update divides by `C`. The divisor follows the compiled loss' reduction:
+the number of samples (`"sum_over_batch_size"`, `"mean"`), the number of unmasked elements for a
+masked output, the sum of the sample weights (`"mean_with_sample_weight"`), or none at all (`"sum"`).
+Regularization losses enter once per update: their weights `c_i / C` sum to one (with `"sum"`, only
+the first micro-step keeps them).
+
+The loss `Model.fit` reports is updated once per window, with the window's big-batch loss, so epoch
+logs equal those of the big-batch `fit`; the other metrics update on every micro-batch.
 """
 
+import inspect
+import warnings
+import weakref
+
+import keras
 import tensorflow as tf
-from keras.src import tree
-from keras.src.backend.common.masking import get_keras_mask
-from keras.src.losses import loss as loss_module
-from keras.src.trainers import trainer as base_trainer
-from keras.src.trainers.data_adapters import data_adapter_utils
+
+from keras_trainx import compat
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
-_CACHE_ATTRIBUTE = "_keras_trainx_window_step"
+_REDUCTIONS = (*_MEAN_REDUCTIONS, "mean_with_sample_weight", "sum")
+_WINDOW_STEPS = weakref.WeakKeyDictionary()
+# Window statistics, summed across replicas in one all-reduce: divisor C, sum of c_i * L_i, samples.
+_DIVISOR, _WEIGHTED_LOSS, _SAMPLES = range(3)
 
 
 class WindowStep:
     """Runs one accumulation window per call, compiled as Keras compiles `train_step`.
 
     Args:
-        model: a compiled `keras.Model` (built under the strategy scope it trains with).
+        model: a compiled, built `keras.Model` (built under the strategy scope it trains with).
         apply_partial: whether a window that ends early (the data ran out) is applied as its own
             update, normalized by its own samples; if False it is discarded.
 
@@ -41,9 +52,16 @@ class WindowStep:
         self.model = model
         self.apply_partial = apply_partial
         self.strategy = model.distribute_strategy
+        self.reduction = loss_reduction(model)
         self._variables = list(model.trainable_variables)
+        if not self._variables:
+            warnings.warn("The model does not have any trainable weights.", stacklevel=2)
         self._with_gradient = [False] * len(self._variables)
-        self._accumulators, self._normalizer = self._create_accumulators()
+        self._loss_tracker = compat.loss_tracker(model)
+        self._compute_loss_has_training = (
+            "training" in inspect.signature(model.compute_loss).parameters
+        )
+        self._accumulators, self._statistics = self._create_accumulators()
         self._function = self._make_function()
 
     @classmethod
@@ -51,23 +69,31 @@ class WindowStep:
         """The model's cached window step, traced once, as `Model.fit` keeps its train_function.
 
         A new one is made when the model was recompiled or its compiled state changed. The cache
-        is set with `object.__setattr__`, past Keras' attribute tracking, so the accumulators never
-        become model state.
+        is keyed weakly by the model, so the accumulators never become model state.
         """
-        key = (apply_partial, id(model.optimizer), id(model._compile_loss),
+        key = (apply_partial, id(model.optimizer), id(compat.loss_tracker(model)),
                model.run_eagerly, model.jit_compile, tuple(map(id, model.trainable_variables)))
-        cached = getattr(model, _CACHE_ATTRIBUTE, None)
+        cached = _WINDOW_STEPS.get(model)
         if cached is None or cached[0] != key:
             cached = (key, cls(model, apply_partial))
-            object.__setattr__(model, _CACHE_ATTRIBUTE, cached)
+            _WINDOW_STEPS[model] = cached
         return cached[1]
 
     def __call__(self, iterator, num_steps):
         processed, logs = self._function(iterator, tf.constant(num_steps, tf.int32))
         return int(processed), logs
 
+    def skip(self, iterator, num_steps):
+        """Consumes up to `num_steps` micro-batches without training on them; returns how many."""
+        processed = 0
+        for _ in range(num_steps):
+            if not iterator.get_next_as_optional().has_value():
+                break
+            processed += 1
+        return processed
+
     def _create_accumulators(self):
-        """Per-replica (ON_READ) gradient sums and normalizer, owned by no model or optimizer."""
+        """Per-replica (ON_READ) gradient sums and window statistics, owned by no model."""
         with self.strategy.scope():
             accumulators = [
                 tf.Variable(
@@ -79,35 +105,35 @@ class WindowStep:
                 )
                 for v in self._variables
             ]
-            normalizer = tf.Variable(
-                0.0,
+            statistics = tf.Variable(
+                tf.zeros(3),
                 trainable=False,
-                name="accumulated_normalizer",
+                name="accumulated_window_statistics",
                 synchronization=tf.VariableSynchronization.ON_READ,
                 aggregation=tf.VariableAggregation.SUM,
             )
-        return accumulators, normalizer
+        return accumulators, statistics
 
     def _make_function(self):
         model = self.model
         micro_step = self._micro_step
         apply_step = self._apply_step
-        discard_step = self._discard_step
         if not model.run_eagerly and model.jit_compile:
             micro_step = tf.function(micro_step, jit_compile=True, reduce_retracing=True)
             apply_step = tf.function(apply_step, jit_compile=True)
 
         def window(iterator, num_steps):
+            self.strategy.run(self._zero_step)
             first = iterator.get_next_as_optional()
 
             def run_window():
-                self.strategy.run(micro_step, args=(first.get_value(),))
+                self.strategy.run(micro_step, args=(first.get_value(), True))
 
                 def cond(step, next_inputs):
                     return tf.logical_and(step < num_steps, next_inputs.has_value())
 
                 def body(step, next_inputs):
-                    self.strategy.run(micro_step, args=(next_inputs.get_value(),))
+                    self.strategy.run(micro_step, args=(next_inputs.get_value(), False))
                     following = tf.cond(
                         step + 1 < num_steps,
                         iterator.get_next_as_optional,
@@ -130,7 +156,7 @@ class WindowStep:
                     tf.cond(
                         tf.equal(processed, num_steps),
                         lambda: self.strategy.run(apply_step),
-                        lambda: self.strategy.run(discard_step),
+                        lambda: None,
                     )
                 return processed
 
@@ -141,26 +167,30 @@ class WindowStep:
             window = tf.function(window, reduce_retracing=True)
         return window
 
-    def _micro_step(self, data):
+    def _micro_step(self, data, first):
         """Forward and backward pass of one micro-batch; adds c_i * grad(L_i) to the accumulators."""
         model = self.model
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        batch_size = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
+        data = tf.nest.map_structure(
+            lambda v: None if isinstance(v, tf.experimental.Optional) else v, data
+        )
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         with tf.GradientTape() as tape:
-            if model._call_has_training_arg:
-                y_pred = model(x, training=True)
+            y_pred = model(x, training=True)
+            loss = self._compute_loss(x, y, y_pred, sample_weight)
+            if self.reduction == "sum":
+                # Summed losses are not divided across replicas; regularization is (by Keras),
+                # and it enters the window's sum once: on its first micro-step.
+                if not first and model.losses:
+                    loss -= _regularization(model)
+                reported = loss
+                weight = tf.constant(1.0)
             else:
-                y_pred = model(x)
-            loss = model._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            loss = loss_module.unscale_loss_for_distribution(loss)
-            model._loss_tracker.update_state(loss, sample_weight=batch_size)
+                loss = compat.unscale_for_distribution(loss)
+                reported = loss
+                weight = tf.cast(self._divisor(y_pred, sample_weight, batch_size), tf.float32)
             scaled_loss = model.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, self._variables)
-        # Weighting by c_i happens on the unscaled float32 gradient, not inside the tape, so that
-        # mixed-precision backward passes see the same magnitudes as in Model.fit.
-        normalizer = tf.cast(self._micro_normalizer(y_pred, batch_size), tf.float32)
+        gradients = tape.gradient(scaled_loss, self._variables) if self._variables else []
         scale = _loss_scale(model.optimizer)
         for index, (accumulator, gradient) in enumerate(zip(self._accumulators, gradients)):
             if gradient is None:
@@ -169,41 +199,53 @@ class WindowStep:
             gradient = tf.cast(tf.convert_to_tensor(gradient), accumulator.dtype)
             if scale is not None:
                 gradient = gradient / tf.cast(scale, gradient.dtype)
-            accumulator.assign_add(gradient * tf.cast(normalizer, gradient.dtype))
-        self._normalizer.assign_add(normalizer)
+            # Weighting by c_i happens on the unscaled float32 gradient, not inside the tape, so
+            # that mixed-precision backward passes see the same magnitudes as in Model.fit.
+            accumulator.assign_add(gradient * tf.cast(weight, gradient.dtype))
+        self._statistics.assign_add(tf.stack([
+            weight,
+            weight * tf.cast(reported, tf.float32),
+            tf.cast(batch_size, tf.float32),
+        ]))
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _micro_normalizer(self, y_pred, batch_size):
-        """The count Keras' loss divides this micro-batch's weighted loss sum by (c_i)."""
-        model = self.model
-        compile_loss = model._compile_loss
-        custom_loss = type(model).compute_loss is not base_trainer.Trainer.compute_loss
-        if compile_loss is None or custom_loss:
-            return batch_size
-        for _, loss_fn, _, _ in compile_loss._flat_losses:
-            reduction = getattr(loss_fn, "reduction", "sum_over_batch_size")
-            if reduction not in _MEAN_REDUCTIONS:
-                raise ValueError(
-                    "fit_accumulated needs losses that average over the batch; the compiled loss "
-                    f"{getattr(loss_fn, 'name', loss_fn)!r} has reduction={reduction!r}. Compile "
-                    "with reduction='sum_over_batch_size' (Keras' default)."
-                )
-        masks = [m for m in map(get_keras_mask, tree.flatten(y_pred)) if m is not None]
-        if not masks:
-            return batch_size
-        if len(tree.flatten(y_pred)) != 1:
+    def _compute_loss(self, x, y, y_pred, sample_weight):
+        if self._compute_loss_has_training:
+            return self.model.compute_loss(x, y, y_pred, sample_weight, training=True)
+        return self.model.compute_loss(x, y, y_pred, sample_weight)
+
+    def _divisor(self, y_pred, sample_weight, batch_size):
+        """The count Keras' reduction divides this micro-batch's weighted loss sum by (c_i)."""
+        masks = [m for m in map(compat.keras_mask, tf.nest.flatten(y_pred)) if m is not None]
+        if masks and len(tf.nest.flatten(y_pred)) != 1:
             raise ValueError(
                 "fit_accumulated supports masked outputs (e.g. Embedding(mask_zero=True)) only for "
                 "single-output models: each masked loss needs its own normalizer. Train this model "
                 "with model.fit, or split it so that one output carries the mask."
             )
-        return tf.reduce_sum(tf.cast(masks[0], tf.float32))
+        mask = tf.cast(masks[0], tf.float32) if masks else None
+        if self.reduction == "mean_with_sample_weight" and sample_weight is not None:
+            weights = tf.cast(tf.nest.flatten(sample_weight)[0], tf.float32)
+            if mask is not None:
+                while len(weights.shape) < len(mask.shape):
+                    weights = tf.expand_dims(weights, -1)
+                weights = weights * mask
+            return tf.reduce_sum(weights)
+        if mask is not None:
+            return tf.reduce_sum(mask)
+        return batch_size
+
+    def _zero_step(self):
+        for accumulator in self._accumulators:
+            accumulator.assign(tf.zeros_like(accumulator))
+        self._statistics.assign(tf.zeros_like(self._statistics))
 
     def _apply_step(self):
-        """One optimizer update with the window's sum of gradients over its global normalizer."""
-        total = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.identity(self._normalizer)
+        """One optimizer update with the window's sum of gradients over its global divisor."""
+        totals = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.identity(self._statistics)
         )
+        divisor = tf.constant(1.0) if self.reduction == "sum" else totals[_DIVISOR]
         scale = _loss_scale(self.model.optimizer)
         pairs = []
         for accumulator, variable, has_gradient in zip(
@@ -211,17 +253,59 @@ class WindowStep:
         ):
             if not has_gradient:
                 continue
-            gradient = tf.identity(accumulator) / tf.cast(total, accumulator.dtype)
+            gradient = tf.identity(accumulator) / tf.cast(divisor, accumulator.dtype)
             if scale is not None:
                 gradient = gradient * tf.cast(scale, gradient.dtype)
             pairs.append((gradient, variable))
-        self.model.optimizer.apply_gradients(pairs)
-        self._discard_step()
+        if pairs:
+            self.model.optimizer.apply_gradients(pairs)
+        self._loss_tracker.update_state(
+            tf.math.divide_no_nan(totals[_WEIGHTED_LOSS], divisor),
+            sample_weight=tf.identity(self._statistics)[_SAMPLES],
+        )
 
-    def _discard_step(self):
-        for accumulator in self._accumulators:
-            accumulator.assign(tf.zeros_like(accumulator))
-        self._normalizer.assign(0.0)
+
+def loss_reduction(model):
+    """The one reduction all of `model`'s compiled losses share, or a `ValueError` with the fix.
+
+    Losses given as strings or functions reduce as Keras wraps them: `"sum_over_batch_size"`. A
+    model with its own `compute_loss` is taken to average over its samples.
+    """
+    if type(model).compute_loss is not keras.Model.compute_loss:
+        return "sum_over_batch_size"
+    losses = [loss for loss in keras.tree.flatten(model.loss) if loss is not None]
+    reductions = {getattr(loss, "reduction", "sum_over_batch_size") for loss in losses}
+    reductions = {"sum_over_batch_size" if r in _MEAN_REDUCTIONS else r for r in reductions}
+    if not reductions:
+        return "sum_over_batch_size"
+    unsupported = reductions - set(_REDUCTIONS)
+    if unsupported:
+        raise ValueError(
+            f"fit_accumulated cannot accumulate a loss with reduction={sorted(map(str, unsupported))}: "
+            "the per-sample losses it returns have no update to sum into. Compile with one of "
+            f"{_REDUCTIONS}."
+        )
+    if len(reductions) > 1:
+        raise ValueError(
+            f"fit_accumulated needs one reduction for all compiled losses; got {sorted(reductions)}. "
+            "Each reduction divides by another count, which would need one set of accumulators "
+            "each. Compile every output's loss with the same reduction."
+        )
+    (reduction,) = reductions
+    if reduction == "mean_with_sample_weight" and len(losses) > 1:
+        raise ValueError(
+            "fit_accumulated supports reduction='mean_with_sample_weight' only for single-output "
+            "models: each output's sample weights give it its own divisor. Use "
+            "reduction='sum_over_batch_size' or train this model with model.fit."
+        )
+    return reduction
+
+
+def _regularization(model):
+    """The regularization part of `compute_loss`, as Keras adds it (scaled across replicas)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    total = tf.add_n([tf.reduce_sum(tf.cast(loss, tf.float32)) for loss in model.losses])
+    return total / replicas
 
 
 def _loss_scale(optimizer):

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_trainx
+from keras_trainx.accumulation import WindowStep
 from accumulation_helpers import max_weight_difference, regression_data, regression_model
 
 
@@ -57,7 +58,9 @@ def test_dataset_inputs_match_big_batch(source):
     else:
         data = _MicroBatches(x, y, weights, 8)
     accumulated = regression_model(keras.optimizers.Adam(0.01))
-    keras_trainx.fit_accumulated(accumulated, data, accum_steps=3, epochs=2, verbose=0)
+    # shuffle=False: as in Model.fit, shuffle=True would reorder a PyDataset's batches.
+    keras_trainx.fit_accumulated(accumulated, data, accum_steps=3, epochs=2, shuffle=False,
+                                 verbose=0)
     windows = [micro[:3], micro[3:]] * 2
     assert int(accumulated.optimizer.iterations) == 4
     assert max_weight_difference(_reference_on_windows(windows, 2), accumulated) < 1e-5
@@ -119,10 +122,10 @@ def _compiled(**compile_kwargs):
 @pytest.mark.parametrize(
     "accum_steps, error, message",
     [
-        (0, ValueError, "accum_steps must be a positive int"),
-        (2.0, TypeError, "accum_steps must be a positive int"),
-        (True, TypeError, "accum_steps must be a positive int"),
-        ("4", TypeError, "accum_steps=4"),
+        (0, ValueError, "`accum_steps` must be an int >= 1; received accum_steps=0"),
+        (2.0, TypeError, "`accum_steps` must be an int; received accum_steps=2.0"),
+        (True, TypeError, "`accum_steps` must be an int; received accum_steps=True"),
+        ("4", TypeError, "received accum_steps='4' of type str"),
     ],
 )
 def test_bad_accum_steps(accum_steps, error, message):
@@ -133,7 +136,7 @@ def test_bad_accum_steps(accum_steps, error, message):
 
 def test_bad_remainder_names_the_choices():
     x, y, _ = regression_data()
-    with pytest.raises(ValueError, match=r"remainder must be one of \('apply', 'drop'\)"):
+    with pytest.raises(ValueError, match="`remainder` must be one of 'apply', 'drop'; received remainder='keep'"):
         keras_trainx.fit_accumulated(_compiled(), x, y, accum_steps=2, remainder="keep")
 
 
@@ -151,11 +154,20 @@ def test_optimizer_with_builtin_accumulation_is_refused():
         keras_trainx.fit_accumulated(model, x, y, accum_steps=2)
 
 
-def test_sum_reduction_is_refused_with_the_fix():
+def test_per_sample_loss_reduction_is_refused_with_the_fix():
     x, y, _ = regression_data()
-    model = _compiled(loss=keras.losses.MeanSquaredError(reduction="sum"))
-    with pytest.raises(ValueError, match="reduction='sum'.*sum_over_batch_size"):
+    model = _compiled(loss=keras.losses.MeanSquaredError(reduction="none"))
+    with pytest.raises(ValueError, match=r"reduction=\['none'\].*Compile with one of"):
         keras_trainx.fit_accumulated(model, x, y, accum_steps=2, verbose=0)
+
+
+def test_mixed_reductions_are_refused_with_the_fix():
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)])
+    model.compile(optimizer="sgd", loss=[keras.losses.MeanSquaredError(reduction="sum"), "mse"])
+    x, y, _ = regression_data()
+    with pytest.raises(ValueError, match="one reduction for all compiled losses.*same reduction"):
+        keras_trainx.fit_accumulated(model, x, (y, y), accum_steps=2, verbose=0)
 
 
 def test_unknown_fit_argument_is_a_type_error():
@@ -171,13 +183,15 @@ def test_second_call_reuses_the_traced_window_and_continues_exactly():
     accumulated = regression_model(keras.optimizers.Adam(0.01))
     arguments = dict(sample_weight=weights, batch_size=8, accum_steps=2, shuffle=False, verbose=0)
     keras_trainx.fit_accumulated(accumulated, x, y, **arguments)
-    first = accumulated._keras_trainx_window_step
+    first = WindowStep.for_model(accumulated, apply_partial=True)
     keras_trainx.fit_accumulated(accumulated, x, y, **arguments)
-    assert accumulated._keras_trainx_window_step is first
+    assert WindowStep.for_model(accumulated, apply_partial=True) is first
     assert max_weight_difference(reference, accumulated) < 1e-5
     accumulated.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     keras_trainx.fit_accumulated(accumulated, x, y, **arguments)
-    assert accumulated._keras_trainx_window_step is not first
+    assert WindowStep.for_model(accumulated, apply_partial=True) is not first
+    # fit_accumulated leaves the model's own functions as they were.
+    assert accumulated.train_function is None and accumulated.steps_per_execution == 1
 
 
 def test_dataset_of_unknown_length_drops_its_partial_last_window():

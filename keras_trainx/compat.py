@@ -1,0 +1,76 @@
+"""The private Keras names keras_trainx relies on, and only here, each with why no public API serves.
+
+Everything else in the package uses public Keras and TensorFlow API. Each function below is a thin
+accessor, so that a Keras release that moves one of these names breaks one line here. The test suite
+runs against the newest `keras-nightly` too, which finds such a move before users do.
+"""
+
+import contextlib
+
+import tensorflow as tf
+from keras.src.backend.common.masking import get_keras_mask
+from keras.src.losses.loss import unscale_loss_for_distribution
+from tensorflow.python.distribute.values import PerReplicaSpec
+
+
+def loss_tracker(model):
+    """The `Mean` metric `Model.fit` reports as `loss` (`model._loss_tracker`).
+
+    Keras' own `train_step` updates it; there is no public handle. `model.metrics` lists it, but a
+    model that overrides `metrics` may leave it out or list a metric of its own named "loss".
+    """
+    return model._loss_tracker
+
+
+def keras_mask(tensor):
+    """The Keras mask a layer attached to `tensor` (e.g. from `Embedding(mask_zero=True)`), or None.
+
+    Keras 3 has no public getter; the losses read it with this same private function.
+    """
+    return get_keras_mask(tensor)
+
+
+def unscale_for_distribution(loss):
+    """Undoes the 1/num_replicas factor Keras' compiled losses apply inside `strategy.run`.
+
+    Keras' `train_step` calls this same private function before updating its loss tracker.
+    """
+    return unscale_loss_for_distribution(loss)
+
+
+@contextlib.contextmanager
+def build_from_local_batch(model):
+    """Makes `Model.fit` build `model` from the spec of one replica's batch, before any tracing.
+
+    The accumulators of `fit_accumulated` mirror the trainable variables, so these must exist before
+    the window function is traced. `Model.fit` builds eagerly only under a strategy scope, from the
+    MEAN of the first batch across replicas, which fails under MultiWorkerMirroredStrategy ("Attempt
+    to convert a value (PerReplica...)") and when the first batch does not split evenly
+    (keras-team/keras#19246); reading that batch also costs a `PyDataset` with workers a batch it
+    then serves out of order. Keras has no public hook for this step: `Model.fit` calls the private
+    `_maybe_symbolic_build(iterator=...)`, and `_symbolic_build` does the work from anything with a
+    `shape` and a `dtype`. This context manager replaces the former on the instance for the duration
+    of one `fit` call and builds from the data's `element_spec` (the epoch iterator's private
+    `_distributed_dataset`; a replica's spec inside TensorFlow's `PerReplicaSpec._value_specs`),
+    which reads no data.
+    """
+
+    def local_spec(spec):
+        if isinstance(spec, tf.OptionalSpec):
+            return None  # an optional input the data leaves out, as Model.fit sees it
+        if isinstance(spec, PerReplicaSpec):
+            return spec._value_specs[0]
+        return spec
+
+    def build(iterator=None, data_batch=None):
+        if data_batch is None:
+            specs = iterator._distributed_dataset.element_spec
+            data_batch = tf.nest.map_structure(local_spec, specs)
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    object.__setattr__(model, "_maybe_symbolic_build", build)
+    try:
+        yield
+    finally:
+        object.__delattr__(model, "_maybe_symbolic_build")
