@@ -46,7 +46,7 @@ def test_one_gradient_all_reduce_per_update_none_per_micro_step():
                                  epochs=2, verbose=0)
     assert model.optimizer.iterations.numpy() == 6
     assert counter.gradient_reductions.numpy() == 6
-    # The window's global sample count: one scalar all-reduce per update.
+    # The window's statistics (divisor, loss sum, samples): one small all-reduce per update.
     assert counter.scalar_reductions.numpy() == 6
 
 
