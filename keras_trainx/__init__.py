@@ -1,11 +1,7 @@
 """keras_trainx: exact gradient accumulation, tf.distribute helpers, schedules, Mish and
 albumentations generators for Keras 3 (TensorFlow backend)."""
 
-import os
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import keras  # noqa: E402
+import keras
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(

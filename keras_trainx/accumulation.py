@@ -24,6 +24,8 @@ import inspect
 import warnings
 import weakref
 
+from typing import Any
+
 import keras
 import tensorflow as tf
 
@@ -31,7 +33,7 @@ from keras_trainx import compat
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
 _REDUCTIONS = (*_MEAN_REDUCTIONS, "mean_with_sample_weight", "sum")
-_WINDOW_STEPS = weakref.WeakKeyDictionary()
+_WINDOW_STEPS: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
 # Window statistics, summed across replicas in one all-reduce: divisor C, sum of c_i * L_i, samples.
 _DIVISOR, _WEIGHTED_LOSS, _SAMPLES = range(3)
 
@@ -48,7 +50,7 @@ class WindowStep:
     returns `(processed, logs)`: how many micro-batches were consumed and the model's metric results.
     """
 
-    def __init__(self, model, apply_partial):
+    def __init__(self, model: keras.Model, apply_partial: bool) -> None:
         self.model = model
         self.apply_partial = apply_partial
         self.strategy = model.distribute_strategy
@@ -65,7 +67,7 @@ class WindowStep:
         self._function = self._make_function()
 
     @classmethod
-    def for_model(cls, model, apply_partial):
+    def for_model(cls, model: keras.Model, apply_partial: bool) -> "WindowStep":
         """The model's cached window step, traced once, as `Model.fit` keeps its train_function.
 
         A new one is made when the model was recompiled or its compiled state changed. The cache
@@ -79,11 +81,11 @@ class WindowStep:
             _WINDOW_STEPS[model] = cached
         return cached[1]
 
-    def __call__(self, iterator, num_steps):
+    def __call__(self, iterator: Any, num_steps: int) -> tuple[int, dict]:
         processed, logs = self._function(iterator, tf.constant(num_steps, tf.int32))
         return int(processed), logs
 
-    def skip(self, iterator, num_steps):
+    def skip(self, iterator: Any, num_steps: int) -> int:
         """Consumes up to `num_steps` micro-batches without training on them; returns how many."""
         processed = 0
         for _ in range(num_steps):
@@ -265,7 +267,7 @@ class WindowStep:
         )
 
 
-def loss_reduction(model):
+def loss_reduction(model: keras.Model) -> str:
     """The one reduction all of `model`'s compiled losses share, or a `ValueError` with the fix.
 
     Losses given as strings or functions reduce as Keras wraps them: `"sum_over_batch_size"`. A

@@ -6,6 +6,8 @@ runs against the newest `keras-nightly` too, which finds such a move before user
 """
 
 import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import tensorflow as tf
 from keras.src.backend.common.masking import get_keras_mask
@@ -13,7 +15,7 @@ from keras.src.losses.loss import unscale_loss_for_distribution
 from tensorflow.python.distribute.values import PerReplicaSpec
 
 
-def loss_tracker(model):
+def loss_tracker(model: Any) -> Any:
     """The `Mean` metric `Model.fit` reports as `loss` (`model._loss_tracker`).
 
     Keras' own `train_step` updates it; there is no public handle. `model.metrics` lists it, but a
@@ -22,7 +24,7 @@ def loss_tracker(model):
     return model._loss_tracker
 
 
-def keras_mask(tensor):
+def keras_mask(tensor: Any) -> Any:
     """The Keras mask a layer attached to `tensor` (e.g. from `Embedding(mask_zero=True)`), or None.
 
     Keras 3 has no public getter; the losses read it with this same private function.
@@ -30,7 +32,7 @@ def keras_mask(tensor):
     return get_keras_mask(tensor)
 
 
-def unscale_for_distribution(loss):
+def unscale_for_distribution(loss: Any) -> Any:
     """Undoes the 1/num_replicas factor Keras' compiled losses apply inside `strategy.run`.
 
     Keras' `train_step` calls this same private function before updating its loss tracker.
@@ -39,7 +41,7 @@ def unscale_for_distribution(loss):
 
 
 @contextlib.contextmanager
-def build_from_local_batch(model):
+def build_from_local_batch(model: Any) -> Iterator[None]:
     """Makes `Model.fit` build `model` from the spec of one replica's batch, before any tracing.
 
     The accumulators of `fit_accumulated` mirror the trainable variables, so these must exist before

@@ -5,6 +5,7 @@ and NumPy. Everything else is an extra of `setup.cfg`; a missing one is reported
 """
 
 import importlib
+from types import ModuleType
 
 #: The extra of `setup.cfg` that installs each optional module.
 EXTRA_OF_MODULE = {
@@ -17,7 +18,7 @@ EXTRA_OF_MODULE = {
 }
 
 
-def require(module_name, purpose):
+def require(module_name: str, purpose: str) -> ModuleType:
     """Imports and returns `module_name`, or raises `ImportError` naming the extra to install.
 
     Args:

@@ -6,6 +6,8 @@ supplies the function `Model.fit` calls once per execution (`model.train_functio
 accumulation windows, and restores the model's own functions afterwards, also when the run fails.
 """
 
+from typing import Any
+
 import keras
 
 from keras_trainx import compat
@@ -15,7 +17,15 @@ from keras_trainx.validation import check_choice, check_int
 REMAINDERS = ("apply", "drop")
 
 
-def fit_accumulated(model, x=None, y=None, *, accum_steps, remainder="apply", **fit_kwargs):
+def fit_accumulated(
+    model: keras.Model,
+    x: Any = None,
+    y: Any = None,
+    *,
+    accum_steps: int,
+    remainder: str = "apply",
+    **fit_kwargs: Any,
+) -> keras.callbacks.History:
     """Trains `model` like `model.fit`, with one optimizer update per `accum_steps` micro-batches.
 
     Every update equals one `Model.fit` step on the concatenation of its window's micro-batches: the
@@ -92,7 +102,7 @@ def fit_accumulated(model, x=None, y=None, *, accum_steps, remainder="apply", **
             fit_kwargs["callbacks"].callbacks.remove(position)
 
 
-def _check_model(model, accum_steps):
+def _check_model(model: keras.Model, accum_steps: int) -> None:
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"model must be a keras.Model; received {type(model).__name__}. Build a Keras model "
@@ -119,7 +129,7 @@ def _check_model(model, accum_steps):
         )
 
 
-def _with_callback(callbacks, callback):
+def _with_callback(callbacks: Any, callback: keras.callbacks.Callback) -> Any:
     """`callbacks` (None, a list or a `CallbackList`) with `callback` added first."""
     if isinstance(callbacks, keras.callbacks.CallbackList):
         callbacks.callbacks.insert(0, callback)
@@ -135,14 +145,14 @@ class _WindowPosition(keras.callbacks.Callback):
     stop at the epoch's last micro-batch instead of running until the data ends.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.begin_step = 0
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self.begin_step = batch
 
-    def micro_batches_left(self, wanted):
+    def micro_batches_left(self, wanted: int) -> int:
         """How many of `wanted` micro-batches the epoch still holds (all, if its length is unknown)."""
         steps = (self.params or {}).get("steps")
         if not steps:
@@ -153,21 +163,22 @@ class _WindowPosition(keras.callbacks.Callback):
 class _TrainFunction:
     """`model.train_function` for `Model.fit`: `steps_per_execution` accumulation windows a call."""
 
-    def __init__(self, model, accum_steps, windows_per_call, apply_partial, position):
+    def __init__(self, model: keras.Model, accum_steps: int, windows_per_call: int,
+                 apply_partial: bool, position: _WindowPosition) -> None:
         self.model = model
         self.accum_steps = accum_steps
         self.windows_per_call = windows_per_call
         self.apply_partial = apply_partial
         self.position = position
-        self._window = None
+        self._window: WindowStep | None = None
 
-    def __call__(self, iterator):
+    def __call__(self, iterator: Any) -> dict:
         if self._window is None:  # the model is built by now: Keras builds it before the first call
             self._window = WindowStep.for_model(self.model, self.apply_partial)
         window = self._window
         left = self.position.micro_batches_left(self.accum_steps * self.windows_per_call)
         consumed = 0
-        logs = None
+        logs: dict = {}
         while left > 0:
             length = min(self.accum_steps, left)
             if length < self.accum_steps and not self.apply_partial:

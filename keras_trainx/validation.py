@@ -7,13 +7,16 @@ the message alone tells the user the fix.
 
 import math
 import numbers
+from collections.abc import Collection
+from typing import Any
 
 
-def _received(name, value):
+def _received(name: str, value: Any) -> str:
     return f"received {name}={value!r}"
 
 
-def check_int(name, value, *, minimum=None, maximum=None, hint=""):
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
+              hint: str = "") -> int:
     """Returns `value` as an `int` if it is an integer within `[minimum, maximum]`.
 
     Args:
@@ -35,12 +38,14 @@ def check_int(name, value, *, minimum=None, maximum=None, hint=""):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(_join(f"`{name}` must be an int; {_received(name, value)} of type "
                               f"{type(value).__name__}.", hint))
+    value = int(value)
     _check_range(name, value, minimum, maximum, False, False, "an int", hint)
-    return int(value)
+    return value
 
 
-def check_float(name, value, *, minimum=None, maximum=None, exclusive_minimum=False,
-                exclusive_maximum=False, hint=""):
+def check_float(name: str, value: Any, *, minimum: float | None = None,
+                maximum: float | None = None, exclusive_minimum: bool = False,
+                exclusive_maximum: bool = False, hint: str = "") -> float:
     """Returns `value` as a finite `float` within the given bounds.
 
     Args:
@@ -71,7 +76,7 @@ def check_float(name, value, *, minimum=None, maximum=None, exclusive_minimum=Fa
     return value
 
 
-def check_bool(name, value, *, hint=""):
+def check_bool(name: str, value: Any, *, hint: str = "") -> bool:
     """Returns `value` if it is `True` or `False`.
 
     Example:
@@ -87,7 +92,7 @@ def check_bool(name, value, *, hint=""):
     return value
 
 
-def check_choice(name, value, choices, *, hint=""):
+def check_choice(name: str, value: Any, choices: Collection[Any], *, hint: str = "") -> Any:
     """Returns `value` if it is one of `choices`.
 
     Example:
@@ -103,7 +108,8 @@ def check_choice(name, value, choices, *, hint=""):
     return value
 
 
-def _check_range(name, value, minimum, maximum, exclusive_minimum, exclusive_maximum, kind, hint):
+def _check_range(name: str, value: float, minimum: float | None, maximum: float | None,
+                 exclusive_minimum: bool, exclusive_maximum: bool, kind: str, hint: str) -> None:
     below = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
     above = maximum is not None and (value >= maximum if exclusive_maximum else value > maximum)
     if not (below or above):
@@ -117,5 +123,5 @@ def _check_range(name, value, minimum, maximum, exclusive_minimum, exclusive_max
                            f"{_received(name, value)}.", hint))
 
 
-def _join(message, hint):
+def _join(message: str, hint: str) -> str:
     return f"{message} {hint}" if hint else message
