@@ -219,10 +219,11 @@ def test_own_compute_loss_is_honoured_by_every_micro_step():
 
 
 class KeepsPreprocessing(keras.Sequential):
-    """A model whose `fit` maps its raw input first, as KerasHub tasks attach their preprocessor."""
+    """A model whose `fit` maps its raw input first, as KerasHub tasks attach their preprocessor,
+    with an argument of its own that `Model.fit` does not have."""
 
-    def fit(self, x=None, y=None, **kwargs):
-        return super().fit(x / 10.0, y, **kwargs)
+    def fit(self, x=None, y=None, scale=1.0, **kwargs):
+        return super().fit(x / scale, y, **kwargs)
 
 
 def test_a_model_class_with_its_own_fit_keeps_it():
@@ -238,7 +239,7 @@ def test_a_model_class_with_its_own_fit_keeps_it():
     reference.fit(x / 10.0, y, batch_size=9, shuffle=False, verbose=0)
     accumulated = build(KeepsPreprocessing)
     keras_trainx.fit_accumulated(accumulated, x, y, batch_size=3, accum_steps=3, shuffle=False,
-                                 verbose=0)
+                                 verbose=0, scale=10.0)
     assert max_weight_difference(reference, accumulated) < 1e-6
 
 
