@@ -16,8 +16,9 @@ masked output, the sum of the sample weights (`"mean_with_sample_weight"`), or n
 Regularization losses enter once per update: their weights `c_i / C` sum to one (with `"sum"`, only
 the first micro-step keeps them).
 
-The loss `Model.fit` reports is updated once per window, with the window's big-batch loss, so epoch
-logs equal those of the big-batch `fit`; the other metrics update on every micro-batch.
+The loss `Model.fit` reports, and each output's loss of a multi-output model, are updated once per
+window with the window's big-batch value, so epoch logs equal those of the big-batch `fit`; the other
+metrics update on every micro-batch.
 """
 
 import inspect
@@ -34,8 +35,9 @@ from keras_trainx import compat
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
 _REDUCTIONS = (*_MEAN_REDUCTIONS, "mean_with_sample_weight", "sum")
 _WINDOW_STEPS: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
-# Window statistics, summed across replicas in one all-reduce: divisor C, sum of c_i * L_i, samples.
-_DIVISOR, _WEIGHTED_LOSS, _SAMPLES = range(3)
+# Window statistics, summed across replicas in one all-reduce: divisor C, sum of c_i * L_i, samples,
+# then sum of c_i * L_ik for each output k of a multi-output model.
+_DIVISOR, _WEIGHTED_LOSS, _SAMPLES, _OUTPUT_LOSSES = 0, 1, 2, slice(3, None)
 
 
 class WindowStep:
@@ -60,6 +62,8 @@ class WindowStep:
             warnings.warn("The model does not have any trainable weights.", stacklevel=2)
         self._with_gradient = [False] * len(self._variables)
         self._loss_tracker = compat.loss_tracker(model)
+        self._output_loss_metrics = compat.output_loss_metrics(model)
+        self._output_losses_weighted_by_batch = False
         self._compute_loss_has_training = (
             "training" in inspect.signature(model.compute_loss).parameters
         )
@@ -108,7 +112,7 @@ class WindowStep:
                 for v in self._variables
             ]
             statistics = tf.Variable(
-                tf.zeros(3),
+                tf.zeros(3 + len(self._output_loss_metrics)),
                 trainable=False,
                 name="accumulated_window_statistics",
                 synchronization=tf.VariableSynchronization.ON_READ,
@@ -177,6 +181,8 @@ class WindowStep:
         )
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        output_metric_states = [[tf.identity(v) for v in m.variables]
+                                for m in self._output_loss_metrics]
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = self._compute_loss(x, y, y_pred, sample_weight)
@@ -204,12 +210,30 @@ class WindowStep:
             # Weighting by c_i happens on the unscaled float32 gradient, not inside the tape, so
             # that mixed-precision backward passes see the same magnitudes as in Model.fit.
             accumulator.assign_add(gradient * tf.cast(weight, gradient.dtype))
+        output_losses = self._take_output_losses(output_metric_states, y_pred)
         self._statistics.assign_add(tf.stack([
             weight,
             weight * tf.cast(reported, tf.float32),
             tf.cast(batch_size, tf.float32),
+            *(weight * output_loss for output_loss in output_losses),
         ]))
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _take_output_losses(self, states_before, y_pred):
+        """Each output's loss of this micro-batch, taken back out of its `Mean` metric.
+
+        Keras' compiled loss adds every output's loss to a `Mean` of its own (weighted by the static
+        batch size, or by 1 when it is unknown). Here that update is read and undone, so that
+        `_apply_step` adds the window's big-batch value once, as `Model.fit` would.
+        """
+        losses = []
+        for metric, before in zip(self._output_loss_metrics, states_before):
+            (total, count), (total_before, count_before) = metric.variables, before
+            losses.append((tf.identity(total) - total_before) / (tf.identity(count) - count_before))
+            total.assign(total_before)
+            count.assign(count_before)
+        self._output_losses_weighted_by_batch = tf.nest.flatten(y_pred)[0].shape[0] is not None
+        return losses
 
     def _compute_loss(self, x, y, y_pred, sample_weight):
         if self._compute_loss_has_training:
@@ -261,10 +285,15 @@ class WindowStep:
             pairs.append((gradient, variable))
         if pairs:
             self.model.optimizer.apply_gradients(pairs)
+        samples = tf.identity(self._statistics)[_SAMPLES]
         self._loss_tracker.update_state(
-            tf.math.divide_no_nan(totals[_WEIGHTED_LOSS], divisor),
-            sample_weight=tf.identity(self._statistics)[_SAMPLES],
+            tf.math.divide_no_nan(totals[_WEIGHTED_LOSS], divisor), sample_weight=samples
         )
+        output_weight = samples if self._output_losses_weighted_by_batch else None
+        for metric, output_loss in zip(self._output_loss_metrics,
+                                       tf.unstack(totals[_OUTPUT_LOSSES])):
+            metric.update_state(tf.math.divide_no_nan(output_loss, divisor),
+                                sample_weight=output_weight)
 
 
 def loss_reduction(model: keras.Model) -> str:

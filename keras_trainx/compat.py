@@ -24,6 +24,16 @@ def loss_tracker(model: Any) -> Any:
     return model._loss_tracker
 
 
+def output_loss_metrics(model: Any) -> list:
+    """The `Mean` metrics `Model.fit` reports each output's loss with (`a_loss`, ...), or `[]`.
+
+    They belong to the compiled `CompileLoss` (`model._compile_loss.metrics`), which updates them
+    inside `compute_loss`; a single-output model has none. Keras has no public handle on them.
+    """
+    compile_loss = model._compile_loss
+    return list(compile_loss.metrics) if compile_loss is not None else []
+
+
 def keras_mask(tensor: Any) -> Any:
     """The Keras mask a layer attached to `tensor` (e.g. from `Embedding(mask_zero=True)`), or None.
 
