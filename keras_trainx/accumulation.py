@@ -125,8 +125,9 @@ class WindowStep:
         micro_step = self._micro_step
         apply_step = self._apply_step
         if not model.run_eagerly and model.jit_compile:
-            micro_step = tf.function(micro_step, jit_compile=True, reduce_retracing=True)
-            apply_step = tf.function(apply_step, jit_compile=True)
+            micro_step = tf.function(micro_step, jit_compile=True, reduce_retracing=True,
+                                     autograph=False)
+            apply_step = tf.function(apply_step, jit_compile=True, autograph=False)
 
         def window(iterator, num_steps):
             self.strategy.run(self._zero_step)
@@ -170,7 +171,7 @@ class WindowStep:
             return processed, model.get_metrics_result()
 
         if not model.run_eagerly:
-            window = tf.function(window, reduce_retracing=True)
+            window = tf.function(window, reduce_retracing=True, autograph=False)
         return window
 
     def _micro_step(self, data, first):
