@@ -36,8 +36,8 @@ _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
 _REDUCTIONS = (*_MEAN_REDUCTIONS, "mean_with_sample_weight", "sum")
 _WINDOW_STEPS: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
 # Window statistics, summed across replicas in one all-reduce: divisor C, sum of c_i * L_i, samples,
-# then sum of c_i * L_ik for each output k of a multi-output model.
-_DIVISOR, _WEIGHTED_LOSS, _SAMPLES, _OUTPUT_LOSSES = 0, 1, 2, slice(3, None)
+# the count Keras added to an output's loss metric, then sum of c_i * L_ik for each output k.
+_DIVISOR, _WEIGHTED_LOSS, _SAMPLES, _OUTPUT_COUNT, _OUTPUT_LOSSES = 0, 1, 2, 3, slice(4, None)
 
 
 class WindowStep:
@@ -63,7 +63,6 @@ class WindowStep:
         self._with_gradient = [False] * len(self._variables)
         self._loss_tracker = compat.loss_tracker(model)
         self._output_loss_metrics = compat.output_loss_metrics(model)
-        self._output_losses_weighted_by_batch = False
         self._compute_loss_has_training = (
             "training" in inspect.signature(model.compute_loss).parameters
         )
@@ -112,7 +111,7 @@ class WindowStep:
                 for v in self._variables
             ]
             statistics = tf.Variable(
-                tf.zeros(3 + len(self._output_loss_metrics)),
+                tf.zeros(4 + len(self._output_loss_metrics)),
                 trainable=False,
                 name="accumulated_window_statistics",
                 synchronization=tf.VariableSynchronization.ON_READ,
@@ -211,30 +210,31 @@ class WindowStep:
             # Weighting by c_i happens on the unscaled float32 gradient, not inside the tape, so
             # that mixed-precision backward passes see the same magnitudes as in Model.fit.
             accumulator.assign_add(gradient * tf.cast(weight, gradient.dtype))
-        output_losses = self._take_output_losses(output_metric_states, y_pred)
+        output_count, output_losses = self._take_output_losses(output_metric_states)
         self._statistics.assign_add(tf.stack([
             weight,
             weight * tf.cast(reported, tf.float32),
             tf.cast(batch_size, tf.float32),
+            output_count,
             *(weight * output_loss for output_loss in output_losses),
         ]))
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _take_output_losses(self, states_before, y_pred):
-        """Each output's loss of this micro-batch, taken back out of its `Mean` metric.
+    def _take_output_losses(self, states_before):
+        """The count and each output's loss of this micro-batch, taken back out of their metrics.
 
-        Keras' compiled loss adds every output's loss to a `Mean` of its own (weighted by the static
-        batch size, or by 1 when it is unknown). Here that update is read and undone, so that
-        `_apply_step` adds the window's big-batch value once, as `Model.fit` would.
+        Keras' compiled loss adds every output's loss to a `Mean` of its own, counting the call as 1
+        or as its batch size (Keras versions differ). Here that update is read and undone, so that
+        `_apply_step` adds the window's big-batch value once, counted as `Model.fit` would count it.
         """
-        losses = []
+        count_added, losses = tf.constant(0.0), []
         for metric, before in zip(self._output_loss_metrics, states_before):
             (total, count), (total_before, count_before) = metric.variables, before
-            losses.append((tf.identity(total) - total_before) / (tf.identity(count) - count_before))
+            count_added = tf.cast(tf.identity(count) - count_before, tf.float32)
+            losses.append((tf.identity(total) - total_before) / count_added)
             total.assign(total_before)
             count.assign(count_before)
-        self._output_losses_weighted_by_batch = tf.nest.flatten(y_pred)[0].shape[0] is not None
-        return losses
+        return count_added, losses
 
     def _compute_loss(self, x, y, y_pred, sample_weight):
         if self._compute_loss_has_training:
@@ -290,7 +290,10 @@ class WindowStep:
         self._loss_tracker.update_state(
             tf.math.divide_no_nan(totals[_WEIGHTED_LOSS], divisor), sample_weight=samples
         )
-        output_weight = samples if self._output_losses_weighted_by_batch else None
+        # Keras counted each call as 1 or as its batch size: the big batch counts as 1 or as all
+        # of the window's samples.
+        counted = tf.identity(self._statistics)[_OUTPUT_COUNT]
+        output_weight = tf.where(tf.equal(counted, samples), samples, 1.0)
         for metric, output_loss in zip(self._output_loss_metrics,
                                        tf.unstack(totals[_OUTPUT_LOSSES])):
             metric.update_state(tf.math.divide_no_nan(output_loss, divisor),

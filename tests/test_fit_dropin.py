@@ -243,7 +243,8 @@ def test_a_model_class_with_its_own_fit_keeps_it():
     assert max_weight_difference(reference, accumulated) < 1e-6
 
 
-def test_multi_output_history_equals_the_big_batch_fit():
+@pytest.mark.parametrize("run_eagerly", [False, True], ids=["compiled", "eager"])
+def test_multi_output_history_equals_the_big_batch_fit(run_eagerly):
     def build():
         keras.utils.set_random_seed(6)
         inputs = keras.Input((5,))
@@ -251,7 +252,8 @@ def test_multi_output_history_equals_the_big_batch_fit():
         model = keras.Model(inputs, {"a": keras.layers.Dense(2, name="a")(hidden),
                                      "b": keras.layers.Dense(1, name="b")(hidden)})
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss={"a": "mse", "b": "mae"},
-                      loss_weights={"a": 1.0, "b": 0.5}, metrics={"b": ["mse"]})
+                      loss_weights={"a": 1.0, "b": 0.5}, metrics={"b": ["mse"]},
+                      run_eagerly=run_eagerly)
         return model
 
     x, y, weights = regression_data()
@@ -264,7 +266,11 @@ def test_multi_output_history_equals_the_big_batch_fit():
                                            batch_size=2, accum_steps=4, epochs=2, shuffle=False,
                                            verbose=0)
     assert set(history.history) == set(expected.history) == {"loss", "a_loss", "b_loss", "b_mse"}
-    for name in expected.history:
+    # Each output's loss: Keras counts a call of its compiled step as the batch size it was traced
+    # with (1 for an unknown size; Keras 3.16 traces its first batches with a known one), which no
+    # accumulation can mirror; run eagerly, a call counts as its batch size in every version.
+    compared = expected.history if run_eagerly else ("loss", "b_mse")
+    for name in compared:
         np.testing.assert_allclose(history.history[name], expected.history[name], rtol=1e-5,
                                    err_msg=name)
     assert max_weight_difference(reference, accumulated) < 1e-6
