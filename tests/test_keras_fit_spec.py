@@ -6,7 +6,8 @@ pytest processes (see `keras_fit_spec_plugin.py`): with `Model.fit` itself, with
 accum_steps=1)`, and with half the batch and `accum_steps=2` on array inputs. Every test that passes
 with `Model.fit` must pass in the other two runs, except those listed with a reason in
 `keras_fit_spec_differences.txt`; a listed test that passes again is reported too, so the list stays
-true.
+true. It takes about 6 minutes on 2 cores, so it is marked `keras_spec` and runs on its own:
+`python -m pytest -q -m keras_spec` (CI runs it after the suite).
 """
 
 import concurrent.futures
@@ -101,6 +102,7 @@ def _known_differences():
     return known
 
 
+@pytest.mark.keras_spec
 def test_keras_fit_tests_pass_with_fit_accumulated():
     directory = _spec_directory()
     with concurrent.futures.ThreadPoolExecutor(len(MODES) + 1) as pool:
