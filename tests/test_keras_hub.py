@@ -1,0 +1,90 @@
+"""KerasHub task models, a real client of `Model.fit`, trained with fit_accumulated.
+
+Tiny models built from configs (no weights downloaded), dropout off, SGD: every update must equal the
+task's own `fit` at the big batch, from the same initial weights.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_trainx
+from accumulation_helpers import max_weight_difference
+
+keras_hub = pytest.importorskip("keras_hub")
+
+VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "quick", "brown", "fox", "jumps",
+              "over", "lazy", "dog", "a", "cat"]
+SENTENCES = ["the quick brown fox", "a lazy dog", "the cat jumps over the dog", "quick fox",
+             "a cat", "the dog jumps", "brown cat", "the lazy fox jumps over a dog", "a dog",
+             "quick brown dog"]
+
+
+def _classifier():
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(VOCABULARY), num_layers=1, num_heads=2, hidden_dim=8,
+        intermediate_dim=16, max_sequence_length=12, dropout=0.0,
+    )
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        keras_hub.models.BertTokenizer(vocabulary=VOCABULARY), sequence_length=8)
+    task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor,
+                                               dropout=0.0)
+    task.compile(optimizer=keras.optimizers.SGD(0.5),
+                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                 metrics=["sparse_categorical_accuracy"])
+    return task
+
+
+def test_text_classifier_with_its_preprocessor_trains_on_raw_strings_as_its_fit():
+    labels = np.array([0, 1, 0, 1, 1, 0, 1, 0, 1, 1])
+    reference = _classifier()
+    expected = reference.fit(SENTENCES, labels, batch_size=6, epochs=2, verbose=0)
+    accumulated = _classifier()
+    # micro-batches 3, 3 | 3, 1: the second window of each epoch is shorter.
+    history = keras_trainx.fit_accumulated(accumulated, SENTENCES, labels, batch_size=3,
+                                           accum_steps=2, epochs=2, verbose=0)
+    assert int(accumulated.optimizer.iterations) == int(reference.optimizer.iterations) == 4
+    assert max_weight_difference(reference, accumulated) < 1e-6
+    for name in expected.history:
+        np.testing.assert_allclose(history.history[name], expected.history[name], rtol=1e-5)
+
+
+def _causal_lm(reduction):
+    keras.utils.set_random_seed(1)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=20, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+        max_sequence_length=16, dropout=0.0,
+    )
+    model = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                  reduction=reduction),
+                  weighted_metrics=[])
+    return model
+
+
+def _padded_tokens():
+    """Token ids of 10 sequences of lengths 2..10 padded to 10, next-token targets, token weights."""
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(2, 11, size=10)
+    tokens = rng.integers(1, 20, size=(10, 11))
+    mask = np.arange(11)[None, :] < lengths[:, None] + 1
+    tokens = np.where(mask, tokens, 0)
+    x = {"token_ids": tokens[:, :-1], "padding_mask": mask[:, :-1]}
+    return x, tokens[:, 1:], mask[:, 1:].astype("float32")
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean_with_sample_weight"])
+def test_causal_lm_on_padded_sequences_equals_the_big_batch(reduction):
+    x, y, weights = _padded_tokens()
+    reference = _causal_lm(reduction)
+    expected = reference.fit(x, y, sample_weight=weights, batch_size=6, epochs=2, shuffle=False,
+                             verbose=0)
+    accumulated = _causal_lm(reduction)
+    # micro-batches 2, 2, 2 | 2, 2: windows of unequal numbers of real tokens.
+    history = keras_trainx.fit_accumulated(accumulated, x, y, sample_weight=weights,
+                                           batch_size=2, accum_steps=3, epochs=2, shuffle=False,
+                                           verbose=0)
+    assert max_weight_difference(reference, accumulated) < 1e-6
+    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
