@@ -10,24 +10,13 @@ import os
 
 import numpy as np
 
-
-def add_arguments(parser):
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
-    parser.add_argument("--batch-size", type=int, default=32, help="micro-batch size (default 32)")
-    parser.add_argument("--accum-steps", type=int, default=4,
-                        help="micro-batches per update (default 4)")
-    parser.add_argument("--output-dir", default="keras_trainx_demo",
-                        help="where the trained model is saved (default ./keras_trainx_demo)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
-                        help="Keras progress output (default 2: one line per epoch)")
-    parser.set_defaults(run=run)
+from keras_trainx.extras import require
 
 
 def load_digits_split(seed):
     """scikit-learn's 1,797 8x8 digits (shipped with the wheel) as uint8 images, 80/20 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    load_digits = require("sklearn.datasets", "keras-trainx demo").load_digits
+    train_test_split = require("sklearn.model_selection", "keras-trainx demo").train_test_split
 
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype("uint8")[..., None]
@@ -62,25 +51,36 @@ def build_model(learning_rate):
     return model
 
 
-def run(args):
-    import albumentations as A
+def run(epochs=12, batch_size=32, accum_steps=4, output_dir="keras_trainx_demo", seed=0,
+        verbose=2):
+    """Trains, evaluates, saves and reloads the demo model; returns whether predictions match.
+
+    Args:
+        epochs: training epochs.
+        batch_size: the micro-batch size (per replica).
+        accum_steps: micro-batches per optimizer update.
+        output_dir: folder the `.keras` model is saved in (created if missing).
+        seed: random seed of the data split, augmentation and initial weights.
+        verbose: Keras' progress output (0, 1 or 2).
+    """
     import keras
 
     import keras_trainx
     from keras_trainx.schedules import WarmUp
 
-    keras.utils.set_random_seed(args.seed)
-    x_train, x_test, y_train, y_test = load_digits_split(args.seed)
+    A = require("albumentations", "keras-trainx demo")
+    keras.utils.set_random_seed(seed)
+    x_train, x_test, y_train, y_test = load_digits_split(seed)
     strategy = keras_trainx.distribute.auto_strategy()
-    micro_batch = keras_trainx.distribute.global_batch_size(args.batch_size, strategy)
-    effective_batch = micro_batch * args.accum_steps
+    micro_batch = keras_trainx.distribute.global_batch_size(batch_size, strategy)
+    effective_batch = micro_batch * accum_steps
     train = keras_trainx.AugmentedSequence(
-        x_train, y_train, batch_size=micro_batch, seed=args.seed,
+        x_train, y_train, batch_size=micro_batch, seed=seed,
         transform=[A.Affine(translate_px=(-1, 1), rotate=(-10, 10), p=0.7),
                    A.RandomBrightnessContrast(0.2, 0.2, p=0.5)],
     )
-    updates_per_epoch = -(-len(train) // args.accum_steps)
-    total_updates = updates_per_epoch * args.epochs
+    updates_per_epoch = -(-len(train) // accum_steps)
+    total_updates = updates_per_epoch * epochs
     warmup_steps = max(1, total_updates // 10)
     schedule = WarmUp(
         keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=total_updates - warmup_steps),
@@ -89,21 +89,21 @@ def run(args):
     with strategy.scope():
         model = build_model(schedule)
     print(f"keras_trainx demo: {len(x_train)} training digits, micro-batch {micro_batch} x "
-          f"{args.accum_steps} accumulation steps = effective batch {effective_batch}, "
+          f"{accum_steps} accumulation steps = effective batch {effective_batch}, "
           f"{total_updates} updates ({warmup_steps} warm-up), Mish activations")
     keras_trainx.fit_accumulated(
-        model, train, accum_steps=args.accum_steps, epochs=args.epochs,
-        validation_data=(x_test, y_test), verbose=args.verbose,
+        model, train, accum_steps=accum_steps, epochs=epochs,
+        validation_data=(x_test, y_test), verbose=verbose,
     )
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
     print(f"effective batch: {effective_batch}; optimizer updates: "
           f"{int(keras.ops.convert_to_numpy(model.optimizer.iterations))}; "
           f"test accuracy: {accuracy:.4f}")
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    path = os.path.join(args.output_dir, "digits_mish.keras")
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "digits_mish.keras")
     model.save(path)
     reloaded = keras_trainx.load_model(path)
     same = np.array_equal(model.predict(x_test, verbose=0), reloaded.predict(x_test, verbose=0))
     print(f"saved {path}; reloaded with keras_trainx.load_model: identical predictions: {same}")
-    return 0 if same else 1
+    return same

@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 import zipfile
 
 import h5py
@@ -258,34 +257,3 @@ def referenced_objects(filepath, custom_objects=None):
     return {
         name: name in known or keras.saving.get_registered_object(name) is not None for name in sorted(found)
     }
-
-
-def run_inspect(args):
-    """Runs `keras-trainx inspect MODEL`; exit code 0 if every custom object resolves, 1 if some do
-    not, 2 if MODEL is not a readable saved model."""
-    try:
-        references = referenced_objects(args.model)
-    except (OSError, ValueError) as error:
-        print(f"keras-trainx inspect: error: {error}", file=sys.stderr)
-        return 2
-    if not references:
-        print(f"{args.model}: no custom objects (plain Keras model)")
-        return 0
-    print(f"{args.model}: {len(references)} custom object(s)")
-    width = max(len(name) for name in references)
-    for name, resolves in references.items():
-        print(f"  {name:<{width}}  {'resolves' if resolves else 'UNKNOWN'}")
-    unknown = [name for name, resolves in references.items() if not resolves]
-    if unknown:
-        print(f"unknown: {', '.join(unknown)} -- pass them to load_model(custom_objects=...)")
-    return 1 if unknown else 0
-
-
-def add_arguments(parser):
-    """Adds the `inspect` arguments to `parser` and sets `run_inspect` as its handler."""
-    parser.description = (
-        "List the custom objects a saved model (.keras or .h5) references and whether each resolves "
-        "with keras_trainx imported. Exit code 1 when some do not."
-    )
-    parser.add_argument("model", metavar="MODEL", help="path of a .keras file/directory or a legacy .h5 file")
-    parser.set_defaults(run=run_inspect)

@@ -1,0 +1,39 @@
+"""The `keras-trainx` command line: `demo`, `inspect MODEL`, `plot-schedule`.
+
+Each subcommand is a module of this package with `register(subparsers)` (adds its parser and sets
+`func=run`) and `run(args) -> int`. Usage mistakes exit with status 2 (argparse), failures the user
+can act on with status 1 and one line on stderr (`CommandError`), never a traceback. The library
+never imports this package.
+"""
+
+import argparse
+import sys
+
+from keras_trainx.cli import demo, inspect, plot_schedule
+from keras_trainx.cli.errors import CommandError
+
+SUBCOMMANDS = (demo, inspect, plot_schedule)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser with one subcommand per module of `SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(prog="keras-trainx", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for subcommand in SUBCOMMANDS:
+        subcommand.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CommandError as error:
+        print(f"keras-trainx {args.command}: error: {error}", file=sys.stderr)
+        return error.status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

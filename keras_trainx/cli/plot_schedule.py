@@ -1,0 +1,87 @@
+"""`keras-trainx plot-schedule SCHEDULE`: a learning-rate schedule drawn to a PNG."""
+
+import argparse
+import json
+import os
+
+import keras
+
+from keras_trainx import saving, schedules
+from keras_trainx.cli.errors import CommandError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds the `plot-schedule` subcommand."""
+    parser = subparsers.add_parser(
+        "plot-schedule", help="plot a learning-rate schedule to a PNG",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Plot a learning-rate schedule to a PNG. SCHEDULE is a class name (ours, e.g. "
+                    "OneCycle, or Keras', e.g. CosineDecay) with --config holding its keyword "
+                    "arguments as JSON; or a JSON object / .json file holding "
+                    "keras.saving.serialize_keras_object(schedule).",
+        epilog="examples:\n"
+               "  keras-trainx plot-schedule OneCycle --config "
+               '\'{"max_learning_rate": 0.1, "total_steps": 1000}\' --steps 1000 -o onecycle.png\n'
+               "  keras-trainx plot-schedule schedule.json --steps 5000 -o lr.png",
+    )
+    parser.add_argument("schedule", metavar="SCHEDULE",
+                        help="class name, JSON object, or path to a .json file")
+    parser.add_argument("--config", default="{}",
+                        help="JSON keyword arguments for a class-name SCHEDULE")
+    parser.add_argument("--steps", type=int, required=True, help="number of optimizer steps to plot")
+    parser.add_argument("-o", "--output", required=True, help="PNG file to write")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Writes the PNG and prints the schedule's first, largest and last values."""
+    _check_output(args.output)
+    try:
+        schedule = schedule_from_arguments(args.schedule, args.config)
+        lrs = schedules.values(schedule, args.steps)
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error), status=2) from None
+    figure = schedules.plot(schedule, args.steps)
+    figure.savefig(args.output, dpi=120, bbox_inches="tight")
+    print(
+        f"wrote {args.output}: {type(schedule).__name__}, {args.steps} steps, "
+        f"first {lrs[0]:.6g}, max {lrs.max():.6g} at step {int(lrs.argmax())}, last {lrs[-1]:.6g}"
+    )
+    return 0
+
+
+def _check_output(output: str) -> None:
+    if not output.lower().endswith(".png"):
+        raise CommandError(f"-o/--output {output!r} must name a .png file", status=2)
+    directory = os.path.dirname(output) or "."
+    if not os.path.isdir(directory):
+        raise CommandError(f"-o/--output {output!r}: folder {directory!r} does not exist", status=2)
+
+
+def schedule_from_arguments(spec: str, config: str) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Builds a schedule from SCHEDULE and --config (see `register`)."""
+    if config != "{}" and (spec.endswith(".json") or spec.lstrip().startswith("{")):
+        raise ValueError("--config goes with a class-name SCHEDULE; a JSON SCHEDULE holds its own config.")
+    if spec.endswith(".json"):
+        if not os.path.isfile(spec):
+            raise ValueError(f"SCHEDULE {spec!r} looks like a JSON file but does not exist.")
+        with open(spec) as f:
+            serialized = json.load(f)
+    elif spec.lstrip().startswith("{"):
+        serialized = json.loads(spec)
+    else:
+        serialized = {"class_name": spec, "config": json.loads(config)}
+    ours = {
+        obj.__name__: obj
+        for obj in saving.custom_objects().values()
+        if isinstance(obj, type) and issubclass(obj, keras.optimizers.schedules.LearningRateSchedule)
+    }
+    schedule = keras.optimizers.schedules.deserialize(
+        serialized, custom_objects={**saving.custom_objects(), **ours}
+    )
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        raise ValueError(
+            f"SCHEDULE {spec!r} is not a known learning-rate schedule; use one of {sorted(ours)} or a Keras "
+            "schedule (e.g. CosineDecay, PiecewiseConstantDecay)."
+        )
+    return schedule
