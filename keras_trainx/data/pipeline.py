@@ -12,7 +12,7 @@ transforms in turn (`sample_function`), which skips the Compose's per-call bookk
 
 import copy
 
-import albumentations as A
+from keras_trainx.extras import require
 
 BBOX_FORMATS = ("pascal_voc", "coco", "yolo", "albumentations")
 KEYPOINT_FORMATS = ("xy", "yx", "xya", "xys", "xyas", "xysa")
@@ -20,7 +20,12 @@ BOX_LABEL_FIELD = "classes"
 KEYPOINT_ID_FIELD = "keypoint_ids"
 
 
+def _albumentations():
+    return require("albumentations", "AugmentedSequence")
+
+
 def _check_transforms(transforms):
+    A = _albumentations()
     for i, t in enumerate(transforms):
         if not isinstance(t, (A.BasicTransform, A.BaseCompose)):
             raise TypeError(
@@ -46,10 +51,12 @@ def build_pipeline(transform, *, image_size=None, bbox_format=None, keypoint_for
 
     Example:
 
+    >>> import albumentations as A
     >>> pipeline = build_pipeline([A.HorizontalFlip(p=0.5)])
     >>> type(pipeline).__name__
     'Compose'
     """
+    A = _albumentations()
     if transform is None:
         transforms = []
     elif isinstance(transform, A.Compose):
@@ -117,6 +124,7 @@ def sample_function(pipeline):
     Example:
 
     >>> import numpy as np
+    >>> import albumentations as A
     >>> apply = sample_function(build_pipeline([A.HorizontalFlip(p=1.0)]))
     >>> apply(image=np.arange(3, dtype=np.uint8).reshape(1, 3, 1))["image"].ravel().tolist()
     [2, 1, 0]

@@ -3,9 +3,9 @@
 import math
 
 import numpy as np
-from albumentations.core.bbox_utils import convert_bboxes_to_albumentations
 
 from keras_trainx.data.targets import PAD_VALUE
+from keras_trainx.extras import require
 
 
 def _as_displayable(image):
@@ -33,10 +33,7 @@ def preview(sequence, n=8, *, cols=4):
     >>> len(preview(seq, 4, cols=2).axes)
     4
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("preview() needs matplotlib: pip install 'keras_trainx[plot]'.") from error
+    plt = require("matplotlib.pyplot", "preview()")
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= sequence.num_samples:
         raise ValueError(f"n must be an int in [1, {sequence.num_samples}], got {n!r}.")
     if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
@@ -89,7 +86,9 @@ def _draw(axis, sequence, image, target, j):
         fmt = sequence.pipeline.processors["bboxes"].params.format
         if len(boxes):
             shape = {"height": height, "width": width}
-            normalized = boxes if fmt == "albumentations" else convert_bboxes_to_albumentations(boxes, fmt, shape)
+            bbox_utils = require("albumentations.core.bbox_utils", "preview")
+            normalized = (boxes if fmt == "albumentations"
+                          else bbox_utils.convert_bboxes_to_albumentations(boxes, fmt, shape))
             for (x0, y0, x1, y1), cls in zip(normalized, parts["classes"][j][keep]):
                 axis.add_patch(_rectangle(x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height))
                 name = sequence.class_names[cls] if sequence.class_names is not None else str(cls)

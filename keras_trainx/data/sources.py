@@ -6,8 +6,9 @@ A source gives one sample at a time (`source[i]`) and describes a sample for err
 
 import os
 
-import cv2
 import numpy as np
+
+from keras_trainx.extras import require
 
 IMAGE_DTYPES = (np.uint8, np.float32)
 
@@ -83,7 +84,7 @@ class FileSource:
 
     Example:
 
-    >>> import tempfile
+    >>> import tempfile, cv2
     >>> path = os.path.join(tempfile.mkdtemp(), "a.png")
     >>> cv2.imwrite(path, np.zeros((4, 5, 3), np.uint8))
     True
@@ -106,6 +107,7 @@ class FileSource:
 
     def __getitem__(self, i):
         path = self.paths[i]
+        cv2 = require("cv2", "AugmentedSequence's file sources")
         flags = cv2.IMREAD_COLOR if self.kind == "image" else cv2.IMREAD_UNCHANGED
         array = cv2.imread(path, flags)
         if array is None:
