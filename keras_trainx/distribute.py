@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_trainx.data import to_tf_dataset
+from keras_trainx.validation import check_float, check_int
 
 logger = logging.getLogger("keras_trainx")
 
@@ -260,18 +261,12 @@ def scale_learning_rate(base_learning_rate, global_batch_size, base_batch_size):
     >>> keras_trainx.distribute.scale_learning_rate(0.1, 8192, 256)
     3.2
     """
-    if (
-        isinstance(base_learning_rate, bool)
-        or not isinstance(base_learning_rate, numbers.Real)
-        or not base_learning_rate > 0
-    ):
-        raise ValueError(
-            f"base_learning_rate must be a positive number (the rate tuned at base_batch_size); "
-            f"got {base_learning_rate!r}."
-        )
-    _check_positive_int("global_batch_size", global_batch_size)
-    _check_positive_int("base_batch_size", base_batch_size)
-    return float(base_learning_rate) * int(global_batch_size) / int(base_batch_size)
+    base_learning_rate = check_float("base_learning_rate", base_learning_rate, minimum=0.0,
+                                     exclusive_minimum=True,
+                                     hint="It is the rate tuned at base_batch_size.")
+    global_batch_size = check_int("global_batch_size", global_batch_size, minimum=1)
+    base_batch_size = check_int("base_batch_size", base_batch_size, minimum=1)
+    return base_learning_rate * global_batch_size / base_batch_size
 
 
 def input_dataset(

@@ -58,7 +58,7 @@ def _legacy_mish_layer(config):
 
 
 legacy_mish.__name__ = "mish"
-legacy_mish.from_config = _legacy_mish_layer
+setattr(legacy_mish, "from_config", _legacy_mish_layer)
 
 
 def custom_objects():
@@ -251,7 +251,7 @@ def referenced_objects(filepath, custom_objects=None):
     >>> keras_trainx.saving.referenced_objects(path)
     {'keras_trainx>Mish': True}
     """
-    found = set()
+    found: set[str] = set()
     _references(read_config(filepath), found)
     known = {**_bundle(), **(custom_objects or {})}
     return {

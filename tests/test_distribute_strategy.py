@@ -280,12 +280,16 @@ def test_linear_scaling_rule_matches_goyal_et_al():
 
 
 @pytest.mark.parametrize(
-    "args, name",
-    [((0.0, 64, 32), "base_learning_rate"), ((True, 64, 32), "base_learning_rate"),
-     ((0.1, 0, 32), "global_batch_size"), ((0.1, 64, 32.0), "base_batch_size")],
+    "args, error, words",
+    [((0.0, 64, 32), ValueError, "`base_learning_rate` must be a number > 0.0"),
+     ((float("inf"), 64, 32), ValueError, "`base_learning_rate` must be a finite number"),
+     ((float("nan"), 64, 32), ValueError, "`base_learning_rate` must be a finite number"),
+     ((True, 64, 32), TypeError, "`base_learning_rate` must be a number"),
+     ((0.1, 0, 32), ValueError, "`global_batch_size` must be an int >= 1"),
+     ((0.1, 64, 32.0), TypeError, "`base_batch_size` must be an int")],
 )
-def test_scale_learning_rate_rejects_bad_arguments(args, name):
-    with pytest.raises(ValueError, match=name):
+def test_scale_learning_rate_rejects_bad_arguments(args, error, words):
+    with pytest.raises(error, match=words):
         distribute.scale_learning_rate(*args)
 
 

@@ -9,6 +9,7 @@ signature probe of `fit`), so the call site is checked instead: the frame of `Ep
 """
 
 import sys
+import types
 
 from keras.src.trainers.epoch_iterator import EpochIterator
 
@@ -30,11 +31,11 @@ def called_from_keras_reset():
     >>> called_from_keras_reset()
     False
     """
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1).f_back
     for _ in range(_FRAMES_TO_SEARCH):
-        frame = frame.f_back
         if frame is None:
             return False
         if frame.f_code is _RESET_CODE:
             return True
+        frame = frame.f_back
     return False

@@ -145,5 +145,5 @@ def tfds_examples(name_or_dataset, *, split=None, data_dir=None, image_key="imag
     if not images:
         raise ValueError("name_or_dataset: the dataset has no examples.")
     if len({image.shape for image in images}) == 1:
-        images = np.stack(images)
+        return np.stack(images), (np.asarray(labels) if labels else None), class_names
     return images, (np.asarray(labels) if labels else None), class_names

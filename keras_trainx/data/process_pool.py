@@ -11,10 +11,11 @@ import concurrent.futures
 import multiprocessing
 import pickle
 import weakref
+from typing import Any
 
 import keras
 
-_SEQUENCE = None
+_SEQUENCE: Any = None
 
 
 def _start_worker(state):

@@ -26,7 +26,9 @@ def draw_seed():
     >>> seed >= 0
     True
     """
-    return int(np.random.SeedSequence().entropy)
+    entropy = np.random.SeedSequence().entropy
+    assert isinstance(entropy, int)  # drawn from the OS when no entropy is given
+    return entropy
 
 
 def check_seed(seed):

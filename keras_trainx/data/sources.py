@@ -5,6 +5,7 @@ A source gives one sample at a time (`source[i]`) and describes a sample for err
 """
 
 import os
+from collections.abc import Collection
 
 import numpy as np
 
@@ -140,6 +141,8 @@ def as_source(value, name, kind="image"):
     >>> len(as_source(np.zeros((3, 8, 8, 3), np.uint8), "x"))
     3
     """
+    source: ArraySource | ListSource
+    dtypes: Collection[np.dtype]
     if isinstance(value, np.ndarray):
         source = ArraySource(value, name)
         dtypes = [value.dtype]

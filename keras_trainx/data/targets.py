@@ -143,6 +143,7 @@ class Targets:
         return data
 
     def labels_for(self, ids):
+        assert self.labels is not None, "labels_for() is called only for targets with labels"
         labels = self.labels[ids]
         if self.num_classes is not None:
             return np.eye(self.num_classes, dtype=np.float32)[labels]
