@@ -52,7 +52,8 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
         self.first_cycle_steps = check_int("first_cycle_steps", first_cycle_steps, minimum=1)
         self.cycle_mult = check_float("cycle_mult", cycle_mult, minimum=1.0)
         self.max_lr = check_float("max_lr", max_lr, minimum=0.0)
-        self.min_lr = check_float("min_lr", min_lr, minimum=0.0)
+        self.min_lr = check_float("min_lr", min_lr, minimum=0.0, maximum=self.max_lr,
+                                  hint="Each cycle anneals from its peak max_lr down to min_lr.")
         self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
         if self.warmup_steps >= self.first_cycle_steps:
             raise ValueError(
