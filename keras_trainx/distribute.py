@@ -12,7 +12,11 @@
 4. else the default strategy (`tf.distribute.get_strategy()`).
 
 A TPU asked for with `tpu=` that cannot be reached is an error; one found in the environment that
-cannot be reached is passed over, and the log line says why. The choice is logged as ONE line on the
+cannot be reached is passed over, and the log line says why. A `grpc://host:port` address is probed
+before TensorFlow touches it, for at most `probe_timeout` seconds (10 by default): it must accept a
+TCP connection and answer an HTTP/2 (gRPC) connection preface, since TensorFlow would otherwise wait
+forever on an address that accepts TCP but does not speak gRPC, and leave the process unable to pick
+another strategy. The choice is logged as ONE line on the
 `"keras_trainx"` logger (`logging.INFO`), with the replica count.
 
 `global_batch_size`, `scale_learning_rate` and `input_dataset` are what a script needs next: the
@@ -49,10 +53,13 @@ _TPU_PCI_DEVICE_IDS = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f
 
 # Seconds to wait for a grpc:// TPU address to accept a connection. Without this check
 # tf.config.experimental_connect_to_cluster waits forever on an address nobody listens on.
-_TPU_CONNECT_TIMEOUT_S = 10.0
+# The client connection preface of HTTP/2 and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5): any
+# gRPC server answers it with a SETTINGS frame of its own.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_HTTP2_SETTINGS = 4
 
 
-def auto_strategy(tpu=None):
+def auto_strategy(tpu=None, *, probe_timeout=10.0):
     """Returns the `tf.distribute.Strategy` for the hardware this process runs on, and logs it.
 
     See the module docstring for the order of choices. Build and compile the model under the
@@ -63,6 +70,8 @@ def auto_strategy(tpu=None):
         tpu: `None` (default) to detect a TPU from the environment, or the TPU to use: its name,
             a `"grpc://host:port"` address, or `"local"` for a TPU VM. If given and the TPU cannot
             be reached, `RuntimeError` is raised instead of falling back.
+        probe_timeout: seconds (> 0) a `grpc://host:port` TPU address may take to accept a
+            connection and answer as a gRPC server before it counts as unreachable.
 
     Returns:
         A `tf.distribute.Strategy`: `TPUStrategy`, `MultiWorkerMirroredStrategy`,
@@ -78,14 +87,16 @@ def auto_strategy(tpu=None):
     >>> strategy.num_replicas_in_sync
     1
     """
-    strategy, name, reason = _select(tpu)
+    probe_timeout = check_float("probe_timeout", probe_timeout, minimum=0.0,
+                                exclusive_minimum=True, hint="It bounds the wait for a TPU address.")
+    strategy, name, reason = _select(tpu, probe_timeout)
     logger.info(
         "auto_strategy: %s with %d replica(s) (%s)", name, strategy.num_replicas_in_sync, reason
     )
     return strategy
 
 
-def _select(tpu):
+def _select(tpu, probe_timeout):
     """Returns `(strategy, name, reason)`: the strategy, its public name and why it was chosen."""
     if tpu is not None:
         if not isinstance(tpu, str):
@@ -99,7 +110,8 @@ def _select(tpu):
                 "tpu=None to detect a TPU from the environment."
             )
         try:
-            return _connect_tpu(tpu), "TPUStrategy", f"TPU {tpu!r} from the tpu argument"
+            return (_connect_tpu(tpu, probe_timeout), "TPUStrategy",
+                    f"TPU {tpu!r} from the tpu argument")
         except Exception as error:
             raise RuntimeError(
                 f"auto_strategy could not reach the TPU given as tpu={tpu!r}: "
@@ -112,7 +124,7 @@ def _select(tpu):
     if found is not None:
         address, source = found
         try:
-            return _connect_tpu(address), "TPUStrategy", f"TPU from {source}"
+            return _connect_tpu(address, probe_timeout), "TPUStrategy", f"TPU from {source}"
         except Exception as error:
             passed_over = f"; TPU from {source} unreachable, passed over: {type(error).__name__}: {error}"
 
@@ -159,27 +171,39 @@ def _tpu_on_this_vm():
     return None
 
 
-def _connect_tpu(address):
+def _connect_tpu(address, probe_timeout):
     """Resolves, connects to and initializes the TPU at `address`; returns its `TPUStrategy`."""
-    _check_grpc_reachable(address)
+    _check_grpc_reachable(address, probe_timeout)
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
 
 
-def _check_grpc_reachable(address):
-    """Raises ConnectionError if a single `grpc://host:port` address does not accept a connection."""
+def _check_grpc_reachable(address, timeout):
+    """Raises ConnectionError unless a single `grpc://host:port` address answers as an HTTP/2 server
+    within `timeout` seconds (accepting the connection, then a SETTINGS frame for our preface)."""
     if not address or not address.startswith("grpc://") or "," in address:
         return
     parsed = urllib.parse.urlsplit(address)
     port = parsed.port or 8470
+    where = f"{parsed.hostname}:{port}"
     try:
-        socket.create_connection((parsed.hostname, port), timeout=_TPU_CONNECT_TIMEOUT_S).close()
-    except OSError as error:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout) as connection:
+            connection.settimeout(timeout)
+            connection.sendall(_HTTP2_PREFACE)
+            header = connection.recv(9)
+    except socket.timeout:
         raise ConnectionError(
-            f"nothing accepts connections at {parsed.hostname}:{port} ({error})"
-        ) from error
+            f"{where} accepts connections but sent no gRPC (HTTP/2) answer within {timeout:g} s: "
+            "is it the TPU's gRPC port (8470)? Raise probe_timeout for a slow network."
+        ) from None
+    except OSError as error:
+        raise ConnectionError(f"nothing accepts connections at {where} ({error})") from error
+    if len(header) < 4 or header[3] != _HTTP2_SETTINGS:
+        raise ConnectionError(
+            f"{where} answered, but not as a gRPC (HTTP/2) server: is it the TPU's gRPC port (8470)?"
+        )
 
 
 def _tf_config_tasks():

@@ -6,9 +6,12 @@ with them. Unreachable TPU addresses are real (a closed port on 127.0.0.1). The 
 MultiWorkerMirroredStrategy choice is checked with two processes in test_distribute_multiworker.py.
 """
 
+import contextlib
 import json
 import logging
 import socket
+import threading
+import time
 
 import keras
 import numpy as np
@@ -78,13 +81,56 @@ def closed_port():
         return probe.getsockname()[1]
 
 
+def _serve(answer):
+    """A server on 127.0.0.1 that accepts connections and sends `answer` (None: stays silent)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+    connections = []
+
+    def accept():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            connections.append(connection)
+            if answer is not None:
+                connection.recv(64)
+                connection.sendall(answer)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return server, stop, thread, connections
+
+
+@contextlib.contextmanager
+def _port(answer):
+    server, stop, thread, connections = _serve(answer)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in connections:
+            connection.close()
+        server.close()
+
+
 @pytest.fixture
 def listening_port():
-    """A port on 127.0.0.1 that accepts connections (a stand-in TPU gRPC endpoint)."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        yield server.getsockname()[1]
+    """A port on 127.0.0.1 that answers as an HTTP/2 server (a stand-in TPU gRPC endpoint)."""
+    with _port(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00") as port:
+        yield port
+
+
+@pytest.fixture
+def silent_port():
+    """A port on 127.0.0.1 that accepts connections and never answers (not a gRPC server)."""
+    with _port(None) as port:
+        yield port
 
 
 def _choose(caplog, **kwargs):
@@ -406,3 +452,33 @@ def test_input_dataset_of_a_pydataset_refuses_array_arguments(kwargs, name):
 def test_input_dataset_rejects_bad_input(kwargs, error, message):
     with pytest.raises(error, match=message):
         distribute.input_dataset(**kwargs)
+
+
+def test_address_that_accepts_but_does_not_speak_grpc_fails_within_the_probe_timeout(silent_port):
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"sent no gRPC \(HTTP/2\) answer within 0\.5 s"):
+        distribute.auto_strategy(tpu=f"grpc://127.0.0.1:{silent_port}", probe_timeout=0.5)
+    assert time.monotonic() - start < 5
+
+
+def test_silent_tpu_from_environment_is_passed_over_and_gpus_still_found(caplog, monkeypatch,
+                                                                         silent_port):
+    monkeypatch.setenv("COLAB_TPU_ADDR", f"127.0.0.1:{silent_port}")
+    monkeypatch.setattr(distribute, "_gpu_devices", lambda: ["/device:GPU:0"])
+    class OneDevice:
+        num_replicas_in_sync = 1
+
+        def __init__(self, device):
+            self.device = device
+
+    monkeypatch.setattr(tf.distribute, "OneDeviceStrategy", OneDevice)
+    strategy, messages = _choose(caplog, probe_timeout=0.5)
+    assert isinstance(strategy, OneDevice) and strategy.device == "/gpu:0"
+    assert "passed over: ConnectionError" in messages[0] and "0.5 s" in messages[0]
+
+
+@pytest.mark.parametrize("timeout, error", [(0, ValueError), (float("inf"), ValueError),
+                                            ("10", TypeError)])
+def test_probe_timeout_must_be_a_positive_number(timeout, error):
+    with pytest.raises(error, match="`probe_timeout`"):
+        distribute.auto_strategy(probe_timeout=timeout)
