@@ -7,6 +7,8 @@ from keras import ops
 
 from keras_trainx.validation import check_float, check_int
 
+_LAST_STEP = 2**53  # float64 counts every step exactly up to here
+
 
 @keras.saving.register_keras_serializable(package="keras_trainx")
 class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSchedule):
@@ -27,8 +29,10 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
     ```
 
     With `warmup_steps=0` the first update uses `max_lr` (the torch class sets the optimizer to `min_lr`
-    for its very first update only, an artefact of its constructor). The cycle is found with a
-    `while_loop` over cycles, so the schedule is graph- and XLA-safe for any step.
+    for its very first update only, an artefact of its constructor). The cycle boundaries are laid out
+    once, at construction, up to step 2**53 (or up to the cycle from which `floor` keeps the length
+    constant, which then repeats); a call compares the step with that table, so its cost does not grow
+    with the step, in graph mode and under XLA.
 
     Args:
         first_cycle_steps: Python int >= 1. Length of the first cycle, warm-up included.
@@ -61,27 +65,29 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
                 f"warmup_steps={warmup_steps}, first_cycle_steps={first_cycle_steps}."
             )
         self.gamma = check_float("gamma", gamma, minimum=0.0, exclusive_minimum=True)
+        self._starts, self._lengths = self._cycle_table()
+
+    def _cycle_table(self):
+        """Start and length of every cycle up to step 2**53; the last cycle's length repeats."""
+        starts, lengths = [0], [self.first_cycle_steps]
+        while starts[-1] + lengths[-1] < _LAST_STEP:
+            following = math.floor((lengths[-1] - self.warmup_steps) * self.cycle_mult) + self.warmup_steps
+            if following == lengths[-1]:
+                break
+            starts.append(starts[-1] + lengths[-1])
+            lengths.append(following)
+        return starts, lengths
 
     def _locate(self, step):
         """Returns (cycle index, position in cycle, cycle length) of `step`, all float64 tensors."""
         step = ops.cast(step, "float64")
-        if self.cycle_mult == 1.0:
-            length = float(self.first_cycle_steps)
-            cycle = ops.floor(step / length)
-            return cycle, step - cycle * length, ops.convert_to_tensor(length, "float64")
-
-        def not_inside(cycle, start, length):
-            return start + length <= step
-
-        def next_cycle(cycle, start, length):
-            cosine = ops.floor((length - self.warmup_steps) * self.cycle_mult)
-            return cycle + 1.0, start + length, cosine + self.warmup_steps
-
-        zero = ops.zeros_like(step)
-        cycle, start, length = ops.while_loop(
-            not_inside, next_cycle, (zero, zero, zero + float(self.first_cycle_steps))
-        )
-        return cycle, step - start, length
+        starts = ops.convert_to_tensor(self._starts, "float64")
+        lengths = ops.convert_to_tensor(self._lengths, "float64")
+        index = ops.sum(ops.cast(starts <= step, "int32")) - 1
+        start, length = ops.take(starts, index), ops.take(lengths, index)
+        repeats = ops.floor((step - start) / length)  # 0 except past the table's last start
+        cycle = ops.cast(index, "float64") + repeats
+        return cycle, step - start - repeats * length, length
 
     def __call__(self, step):
         cycle, position, length = self._locate(step)
