@@ -26,7 +26,6 @@ compile for fixed shapes).
 
 import json
 import logging
-import numbers
 import os
 import pathlib
 import socket
@@ -37,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_trainx.data import to_tf_dataset
-from keras_trainx.validation import check_float, check_int
+from keras_trainx.validation import check_bool, check_float, check_int
 
 logger = logging.getLogger("keras_trainx")
 
@@ -252,7 +251,7 @@ def global_batch_size(per_replica_batch_size, strategy=None):
     >>> keras_trainx.distribute.global_batch_size(32, strategy)
     32
     """
-    _check_positive_int("per_replica_batch_size", per_replica_batch_size)
+    check_int("per_replica_batch_size", per_replica_batch_size, minimum=1)
     if strategy is None:
         strategy = tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.Strategy):
@@ -346,15 +345,14 @@ def input_dataset(
             "batch_size is required for array inputs: pass the global batch size, e.g. "
             "batch_size=keras_trainx.distribute.global_batch_size(32, strategy)."
         )
-    _check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size, minimum=1)
     if sample_weight is not None and y is None:
         raise ValueError("sample_weight needs y: pass the targets as y, or drop sample_weight.")
     if shuffle is None:
         shuffle = True
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"shuffle must be None, True or False; got {shuffle!r}.")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be an int or None; got {seed!r}.")
+    check_bool("shuffle", shuffle, hint="None means True.")
+    if seed is not None:
+        check_int("seed", seed, hint="Or None for a random order each time.")
 
     arrays = {
         name: _as_arrays(name, value)
@@ -421,8 +419,3 @@ def _num_samples(arrays):
             "Pass arrays with one row per sample."
         )
     return next(iter(lengths))[1]
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
