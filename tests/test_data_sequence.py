@@ -175,3 +175,18 @@ def test_sample_function_equals_the_compose_for_the_same_random_state():
             np.testing.assert_array_equal(apply(image=image)["image"], reference(image=image)["image"])
     with_boxes = build_pipeline([A.HorizontalFlip(p=0.5)], bbox_format="pascal_voc")
     assert sample_function(with_boxes) is with_boxes  # box processors: the Compose itself
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"workers": 0}, ValueError, "`workers` must be an int >= 1"),
+        ({"workers": -1}, ValueError, "`workers` must be an int >= 1"),
+        ({"workers": 2.0}, TypeError, "`workers` must be an int"),
+        ({"use_multiprocessing": 1}, TypeError, "`use_multiprocessing` must be True or False"),
+        ({"max_queue_size": 0}, ValueError, "`max_queue_size` must be an int >= 1"),
+    ],
+)
+def test_worker_arguments_without_meaning_are_refused(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), batch_size=2, **kwargs)

@@ -14,6 +14,7 @@ from keras_trainx.data.pipeline import build_pipeline, sample_function
 from keras_trainx.data.rng import batch_random_state, check_seed, epoch_permutation
 from keras_trainx.data.sources import as_source
 from keras_trainx.data.targets import BatchTargets, Targets
+from keras_trainx.validation import check_bool, check_int
 
 
 class AugmentedSequence(keras.utils.PyDataset):
@@ -79,6 +80,9 @@ class AugmentedSequence(keras.utils.PyDataset):
                  sample_weight=None, num_classes=None, class_names=None, image_size=None,
                  batch_size=32, transform=None, shuffle=True, seed=None, drop_remainder=False,
                  workers=1, use_multiprocessing=False, max_queue_size=10):
+        check_int("workers", workers, minimum=1, hint="1 reads batches in the calling thread.")
+        check_bool("use_multiprocessing", use_multiprocessing)
+        check_int("max_queue_size", max_queue_size, minimum=1)
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.images = as_source(x, "x")
