@@ -28,6 +28,22 @@ def regression_model(optimizer, features=5, outputs=2, seed=1, **compile_kwargs)
     return model
 
 
+def assert_equals_big_batch(build, x, y, sample_weight, micro, accum_steps, epochs=2):
+    """Trains `build()` with fit_accumulated and a second `build()` with `Model.fit` at the big batch
+    (`micro * accum_steps`), unshuffled; asserts equal weights (1e-6) and loss histories (1e-5)."""
+    import keras_trainx
+
+    reference = build()
+    expected = reference.fit(x, y, sample_weight=sample_weight, batch_size=micro * accum_steps,
+                             epochs=epochs, shuffle=False, verbose=0)
+    accumulated = build()
+    history = keras_trainx.fit_accumulated(accumulated, x, y, sample_weight=sample_weight,
+                                           batch_size=micro, accum_steps=accum_steps,
+                                           epochs=epochs, shuffle=False, verbose=0)
+    assert max_weight_difference(reference, accumulated) < 1e-6
+    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+
+
 def max_weight_difference(model_a, model_b):
     return max(
         float(np.max(np.abs(a - b))) for a, b in zip(model_a.get_weights(), model_b.get_weights())

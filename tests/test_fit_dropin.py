@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 import keras_trainx
-from accumulation_helpers import max_weight_difference, regression_data, regression_model
+from accumulation_helpers import (
+    assert_equals_big_batch, max_weight_difference, regression_data, regression_model)
 
 
 class _Batches(keras.utils.PyDataset):
@@ -300,32 +301,19 @@ def _padded_sequences():
 @pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean_with_sample_weight", "sum"])
 def test_every_loss_reduction_of_a_masked_per_token_loss_is_exact(reduction):
     tokens, targets, weights = _padded_sequences()
-    loss = lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True,  # noqa: E731
-                                                               reduction=reduction)
-    reference = _sequence_model(loss())
-    expected = reference.fit(tokens, targets, sample_weight=weights, batch_size=9, epochs=2,
-                             shuffle=False, verbose=0)
-    accumulated = _sequence_model(loss())
     # micro-batches 3, 3, 3 | 3, 3, 3 | 2: windows of unequal numbers of real tokens.
-    history = keras_trainx.fit_accumulated(accumulated, tokens, targets, sample_weight=weights,
-                                           batch_size=3, accum_steps=3, epochs=2, shuffle=False,
-                                           verbose=0)
-    assert max_weight_difference(reference, accumulated) < 1e-6
-    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+    assert_equals_big_batch(
+        lambda: _sequence_model(keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=reduction)),
+        tokens, targets, weights, micro=3, accum_steps=3)
 
 
 def test_sum_reduction_counts_regularization_once_per_update():
     x, y, weights = regression_data()
-    loss = lambda: keras.losses.MeanSquaredError(reduction="sum")  # noqa: E731
-    reference = regression_model(keras.optimizers.SGD(0.01), loss=loss())
-    expected = reference.fit(x, y, sample_weight=weights, batch_size=12, epochs=2, shuffle=False,
-                             verbose=0)
-    accumulated = regression_model(keras.optimizers.SGD(0.01), loss=loss())
-    history = keras_trainx.fit_accumulated(accumulated, x, y, sample_weight=weights,
-                                           batch_size=4, accum_steps=3, epochs=2, shuffle=False,
-                                           verbose=0)
-    assert max_weight_difference(reference, accumulated) < 1e-6
-    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+    assert_equals_big_batch(
+        lambda: regression_model(keras.optimizers.SGD(0.01),
+                                 loss=keras.losses.MeanSquaredError(reduction="sum")),
+        x, y, weights, micro=4, accum_steps=3)
 
 
 def test_model_fit_after_fit_accumulated_uses_the_models_own_step():
