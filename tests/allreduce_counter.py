@@ -3,8 +3,9 @@
 Each reduction adds one to a counter variable inside the compiled graph, so the counts are what
 ran, not what was traced: a reduction inside the micro-step loop would count once per micro-step.
 A batch reduction counts once (ReductionToOneDevice implements it with one `reduce_implementation`
-per tensor, which are not counted again). Reductions of more than 3 numbers are gradient all-reduces;
-smaller ones (the window's statistics: divisor, loss sum and sample count) are counted apart.
+per tensor, which are not counted again). A reduction of several tensors is a gradient all-reduce (one
+tensor per variable; the tests' models have several); a reduction of one tensor (the window's
+statistics vector, a metric read) is counted apart.
 """
 
 import tensorflow as tf
@@ -19,8 +20,7 @@ class CountingReductionToOneDevice(tf.distribute.ReductionToOneDevice):
         self._in_batch = False
 
     def _count(self, values):
-        size = sum(v.shape.num_elements() for value in values for v in value.values[:1])
-        counter = self.gradient_reductions if size > 3 else self.scalar_reductions
+        counter = self.gradient_reductions if len(values) > 1 else self.scalar_reductions
         counter.assign_add(1)
 
     def reduce_implementation(self, reduce_op, per_replica_value, destinations, options):
