@@ -12,6 +12,7 @@ import keras
 
 from keras_trainx import compat
 from keras_trainx.accumulation import WindowStep, loss_reduction
+from keras_trainx.data.epochs import epoch_callbacks
 from keras_trainx.validation import check_choice, check_int
 
 REMAINDERS = ("apply", "drop")
@@ -41,7 +42,7 @@ def fit_accumulated(
     is accepted, callbacks, validation and `History` are `fit`'s. One compiled call runs a whole
     window: micro-steps accumulate into per-replica variables with no cross-replica traffic, then
     one `apply_gradients` all-reduces once (under `tf.distribute`, build and compile the model under
-    `strategy.scope()`).
+    `strategy.scope()`). An `AugmentedSequence` given as `x` is told each epoch's number.
 
     Args:
         model: a compiled `keras.Model`. Its optimizer must not use Keras'
@@ -85,7 +86,8 @@ def fit_accumulated(
     steps_per_execution = model.steps_per_execution
     saved = (model.train_function, model.test_function, steps_per_execution)
     position = _WindowPosition()
-    fit_kwargs["callbacks"] = _with_callback(fit_kwargs.get("callbacks"), position)
+    added = [position, *epoch_callbacks(x)]
+    fit_kwargs["callbacks"] = _with_callbacks(fit_kwargs.get("callbacks"), added)
     try:
         with compat.build_from_local_batch(model):
             # Keras builds the model (above), then calls `make_train_function()`, which keeps the
@@ -99,7 +101,8 @@ def fit_accumulated(
     finally:
         model.train_function, model.test_function, model.steps_per_execution = saved
         if isinstance(fit_kwargs["callbacks"], keras.callbacks.CallbackList):
-            fit_kwargs["callbacks"].callbacks.remove(position)
+            for callback in added:
+                fit_kwargs["callbacks"].callbacks.remove(callback)
 
 
 def _check_model(model: keras.Model, accum_steps: int) -> None:
@@ -129,13 +132,14 @@ def _check_model(model: keras.Model, accum_steps: int) -> None:
         )
 
 
-def _with_callback(callbacks: Any, callback: keras.callbacks.Callback) -> Any:
-    """`callbacks` (None, a list or a `CallbackList`) with `callback` added first."""
+def _with_callbacks(callbacks: Any, added: list) -> Any:
+    """`callbacks` (None, a list or a `CallbackList`) with the `added` callbacks first."""
     if isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks.callbacks.insert(0, callback)
-        callback.set_model(callbacks.model)
+        callbacks.callbacks[:0] = added
+        for callback in added:
+            callback.set_model(callbacks.model)
         return callbacks
-    return [callback, *(callbacks or [])]
+    return [*added, *(callbacks or [])]
 
 
 class _WindowPosition(keras.callbacks.Callback):

@@ -30,8 +30,7 @@ def test_batches_partial_and_dropped():
 def test_batch_is_the_documented_function_of_seed_epoch_index():
     x, y = images(), np.arange(20)
     seq = AugmentedSequence(x, y, batch_size=8, transform=PIPELINE, seed=42)
-    seq.on_epoch_end()
-    seq.on_epoch_end()
+    seq.set_epoch(2)
     assert seq.epoch == 2
     order = epoch_permutation(42, 2, 20)
     reference = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5),
@@ -50,12 +49,12 @@ def test_epochs_differ_and_replay_with_the_same_seed():
     a = AugmentedSequence(x, np.arange(20), batch_size=5, transform=PIPELINE, seed=7, shuffle=False)
     b = AugmentedSequence(x, np.arange(20), batch_size=5, transform=PIPELINE, seed=7, shuffle=False)
     epoch0 = [a[i][0] for i in range(len(a))]
-    a.on_epoch_end()
+    a.set_epoch(1)
     epoch1 = [a[i][0] for i in range(len(a))]
     assert any(not np.array_equal(p, q) for p, q in zip(epoch0, epoch1))
     for i in range(len(b)):
         np.testing.assert_array_equal(b[i][0], epoch0[i])
-    b.on_epoch_end()
+    b.set_epoch(1)
     for i in range(len(b)):
         np.testing.assert_array_equal(b[i][0], epoch1[i])
     # batches of one epoch use different streams: no batch repeats another's augmentation
@@ -67,7 +66,7 @@ def test_epochs_differ_and_replay_with_the_same_seed():
 def test_shuffle_is_a_permutation_per_epoch():
     seq = AugmentedSequence(images(), np.arange(20), batch_size=6, seed=3)
     first = np.concatenate([seq[i][1] for i in range(len(seq))])
-    seq.on_epoch_end()
+    seq.set_epoch(1)
     second = np.concatenate([seq[i][1] for i in range(len(seq))])
     assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(20))
     np.testing.assert_array_equal(first, epoch_permutation(3, 0, 20))
@@ -190,3 +189,18 @@ def test_sample_function_equals_the_compose_for_the_same_random_state():
 def test_worker_arguments_without_meaning_are_refused(kwargs, error, words):
     with pytest.raises(error, match=words):
         AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), batch_size=2, **kwargs)
+
+
+def test_epochs_are_told_not_guessed():
+    seq = AugmentedSequence(images(), np.arange(20), batch_size=5, seed=3)
+    seq.on_epoch_end()  # Keras' reset before the first epoch: it ends no epoch
+    assert seq.epoch == 0
+    for expected in (0, 1):
+        seq.on_epoch_begin()
+        assert seq.epoch == expected
+        seq.on_epoch_end()
+    assert seq.epoch == 2
+    seq.epoch_callback().on_epoch_begin(7)  # fit reports epoch 7 (e.g. resumed by BackupAndRestore)
+    assert seq.epoch == 7
+    order = epoch_permutation(3, 7, 20)
+    np.testing.assert_array_equal(seq[0][1], order[:5])

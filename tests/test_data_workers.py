@@ -20,10 +20,11 @@ def make(**kwargs):
 
 
 def manual_epochs(epochs):
-    """The batches of a single-process manual loop: epoch e is read after e calls of on_epoch_end()."""
+    """The batches of a single-process manual loop that opens and closes each epoch as Keras does."""
     seq = make()
     result = []
     for _ in range(epochs):
+        seq.on_epoch_begin()
         result.append([seq[i] for i in range(len(seq))])
         seq.on_epoch_end()
     assert seq.epoch == epochs
@@ -118,3 +119,49 @@ def test_fit_accumulated_trains_like_the_big_batch(workers):
         reference.train_on_batch(x, y)
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Records (fit's epoch, the sequence's epoch) when the epoch's first batch is trained."""
+
+    def __init__(self, sequence):
+        super().__init__()
+        self.sequence, self.seen, self.epoch = sequence, [], None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch < 2:  # the first window (micro-batches 0 and 1)
+            self.seen.append((self.epoch, self.sequence.epoch))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resumed_run_with_a_new_sequence_continues_the_augmentations(workers, tmp_path):
+    uninterrupted = small_model()
+    keras_trainx.fit_accumulated(uninterrupted, make(workers=workers), accum_steps=2, epochs=3,
+                                 shuffle=False, verbose=0)
+    resumed = small_model()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    first = make(workers=workers)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        keras_trainx.fit_accumulated(resumed, first, accum_steps=2, epochs=3, shuffle=False,
+                                     verbose=0, callbacks=[backup, _StopAfterEpoch(1)])
+    # as after a restart: a new sequence object, at epoch 0 until fit says otherwise
+    second = make(workers=workers)
+    recorder = _EpochRecorder(second)
+    keras_trainx.fit_accumulated(resumed, second, accum_steps=2, epochs=3, shuffle=False,
+                                 verbose=0, callbacks=[backup, recorder])
+    assert recorder.seen == [(2, 2)]
+    for a, b in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -1,41 +1,48 @@
-"""Recognizes the extra `on_epoch_end()` call Keras makes before the first epoch.
+"""Telling a sequence its epoch: the callback `fit_accumulated` adds, and `Model.fit` users can add.
 
-`Model.fit`, `evaluate` and the data adapters call `EpochIterator.reset()` at the start of a run, and
-`reset()` calls the dataset's `on_epoch_end()` although no epoch has ended (keras 3.15,
-`keras/src/trainers/epoch_iterator.py`). A counter that advanced on every call would start `fit` at
-epoch 1 while a manual loop starts at epoch 0. No pattern of calls tells the two apart (a manual loop
-over a two-batch dataset reads batches 0 and 1 and then calls `on_epoch_end()`, exactly like the
-signature probe of `fit`), so the call site is checked instead: the frame of `EpochIterator.reset`.
+Keras' `Model.fit` reports each epoch's number to its callbacks before it reads the epoch's first
+batch; the callback passes it to the sequence (`set_epoch`), so the augmentations of epoch `e` are the
+same in every process and after a resume with `initial_epoch` or `BackupAndRestore`.
 """
 
-import sys
-import types
-
-from keras.src.trainers.epoch_iterator import EpochIterator
-
-_RESET_CODE = EpochIterator.reset.__code__
-_FRAMES_TO_SEARCH = 4
+import keras
 
 
-def called_from_keras_reset():
-    """Whether the running `on_epoch_end()` was called by Keras' `EpochIterator.reset()`.
+class EpochCallback(keras.callbacks.Callback):
+    """Sets `sequence`'s epoch to the one `fit` starts, before the epoch's batches are read.
 
-    Looks at the few frames above the caller of this function (the adapter's `on_epoch_end` sits
-    between `reset` and the dataset).
-
-    Returns:
-        True when one of those frames runs `EpochIterator.reset`.
+    Args:
+        sequence: anything with `set_epoch(epoch)`, e.g. an `AugmentedSequence`.
 
     Example:
 
-    >>> called_from_keras_reset()
-    False
+    >>> class Recorder:
+    ...     def set_epoch(self, epoch):
+    ...         self.epoch = epoch
+    >>> recorder = Recorder()
+    >>> EpochCallback(recorder).on_epoch_begin(2)
+    >>> recorder.epoch
+    2
     """
-    frame: types.FrameType | None = sys._getframe(1).f_back
-    for _ in range(_FRAMES_TO_SEARCH):
-        if frame is None:
-            return False
-        if frame.f_code is _RESET_CODE:
-            return True
-        frame = frame.f_back
-    return False
+
+    def __init__(self, sequence):
+        super().__init__()
+        self.sequence = sequence
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.sequence.set_epoch(epoch)
+
+
+def epoch_callbacks(x):
+    """The callbacks that keep `x`'s epoch equal to `fit`'s: `[x.epoch_callback()]` or `[]`.
+
+    Args:
+        x: the training data given to `fit_accumulated`.
+
+    Example:
+
+    >>> epoch_callbacks([1, 2, 3])
+    []
+    """
+    make = getattr(x, "epoch_callback", None)
+    return [make()] if callable(make) else []

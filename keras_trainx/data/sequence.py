@@ -9,10 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_trainx.data import loaders
-from keras_trainx.data.epochs import called_from_keras_reset
 from keras_trainx.data.pipeline import build_pipeline, sample_function
 from keras_trainx.data.rng import batch_random_state, check_seed, epoch_permutation
 from keras_trainx.data.sources import as_source
+from keras_trainx.data.epochs import EpochCallback
 from keras_trainx.data.targets import BatchTargets, Targets
 from keras_trainx.validation import check_bool, check_int
 
@@ -24,9 +24,14 @@ class AugmentedSequence(keras.utils.PyDataset):
     `Generator` and one `random.Random` are derived from them and shared by all transforms of the
     pipeline (`Compose.set_random_state`), so transform decisions are independent of each other,
     thread or process workers reproduce the single-process batches exactly, and epochs differ.
-    `on_epoch_end()` advances the epoch (and reshuffles when `shuffle`); the extra call Keras makes
-    before the first epoch of `fit`/`evaluate` is recognised and not counted, so epoch 0 of `fit` equals
-    epoch 0 of a manual loop (`for i in range(len(seq)): seq[i]` then `seq.on_epoch_end()`).
+    The sequence serves the epoch it is told: `set_epoch(e)`, or Keras' hooks, where `on_epoch_end()`
+    advances the epoch (and reshuffles when `shuffle`) after an epoch that `on_epoch_begin()` opened.
+    `Model.fit` calls both around every epoch (and a lone `on_epoch_end()` before the first, which is
+    thus not counted), so epoch 0 of `fit` equals epoch 0 of a manual loop that does the same
+    (`seq.on_epoch_begin()`, `seq[i]` for each batch, `seq.on_epoch_end()`). `fit_accumulated` adds
+    `epoch_callback()`, which sets the epoch `fit` reports before its batches are read, so a run resumed
+    by `BackupAndRestore` continues the augmentations of the interrupted one; add it to the
+    callbacks of `Model.fit` for the same.
 
     Each worker thread uses its own copy of the pipeline; the pipeline is validated in albumentations'
     strict mode when the sequence is built (arguments albumentations would ignore raise ValueError).
@@ -117,6 +122,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         self.seed = check_seed(seed)
         self.drop_remainder = bool(drop_remainder)
         self._epoch = 0
+        self._epoch_open = False
         self._order = self._make_order()
         self._local = threading.local()
 
@@ -197,6 +203,22 @@ class AugmentedSequence(keras.utils.PyDataset):
             self._epoch = int(epoch)
             self._order = self._make_order()
 
+    def epoch_callback(self):
+        """A `keras.callbacks.Callback` that sets this sequence's epoch to `fit`'s at each epoch start.
+
+        `fit_accumulated` adds it by itself; with `Model.fit`, add it so that a resumed run
+        (`initial_epoch`, `BackupAndRestore`) continues with the epoch's own augmentations.
+
+        Example:
+
+        >>> import numpy as np, keras
+        >>> seq = AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), batch_size=2)
+        >>> seq.epoch_callback().on_epoch_begin(3)
+        >>> seq.epoch
+        3
+        """
+        return EpochCallback(self)
+
     @property
     def num_samples(self):
         return len(self.images)
@@ -252,10 +274,19 @@ class AugmentedSequence(keras.utils.PyDataset):
             return images, target, self.targets.sample_weight[ids]
         return images, target
 
+    def on_epoch_begin(self):
+        """Opens an epoch (Keras calls it at the start of every epoch of `fit` and `evaluate`)."""
+        self._epoch_open = True
+
     def on_epoch_end(self):
-        """Advances the epoch and reshuffles; ignores Keras' extra call before the first epoch."""
-        if called_from_keras_reset():
+        """Advances the epoch and reshuffles, if `on_epoch_begin()` opened the epoch that ends.
+
+        Keras also calls it once before the first epoch (resetting its iterator); that call ends no
+        epoch and is not counted.
+        """
+        if not self._epoch_open:
             return
+        self._epoch_open = False
         self._epoch += 1
         self._order = self._make_order()
 
