@@ -11,7 +11,13 @@ import pytest
 import keras_trainx
 from accumulation_helpers import max_weight_difference
 
-keras_hub = pytest.importorskip("keras_hub")
+if "dev" in keras.version():
+    # A KerasHub release may import private Keras names that a development build has moved (0.32
+    # and keras-nightly 3.16.0.dev: `keras.src.backend.get_keras_mask`); with a released Keras it
+    # must import.
+    keras_hub = pytest.importorskip("keras_hub", exc_type=ImportError)
+else:
+    import keras_hub
 
 VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "quick", "brown", "fox", "jumps",
               "over", "lazy", "dog", "a", "cat"]
