@@ -63,6 +63,9 @@ def _spec_directory():
             inner = member.name.split("/", 1)[-1]
             if member.isfile() and inner.endswith("_test.py") and inner.startswith(SPEC_FILES):
                 (partial / pathlib.Path(inner).name).write_bytes(archive.extractfile(member).read())
+    if not (partial / "trainer_test.py").exists():
+        pytest.skip(f"the source distribution of {name}=={version} ships no test files "
+                    "(keras-nightly's does not): no Keras tests to run")
     partial.rename(target)
     return target
 
