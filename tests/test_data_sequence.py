@@ -128,28 +128,6 @@ def test_strict_mode_rejects_arguments_albumentations_would_ignore():
         AugmentedSequence(images(), transform=A.HorizontalFlip())
 
 
-def test_bad_arguments_raise_naming_them():
-    x = images(10)
-    with pytest.raises(ValueError, match="y has 9 entries but x has 10"):
-        AugmentedSequence(x, np.arange(9))
-    with pytest.raises(ValueError, match="sample_weight has 3 entries"):
-        AugmentedSequence(x, np.arange(10), sample_weight=np.ones(3))
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        AugmentedSequence(x, batch_size=0)
-    with pytest.raises(ValueError, match="drop_remainder=True with 10 images and batch_size=16"):
-        AugmentedSequence(x, batch_size=16, drop_remainder=True)
-    with pytest.raises(TypeError, match="seed must be a non-negative int"):
-        AugmentedSequence(x, seed=1.5)
-    with pytest.raises(TypeError, match="x must hold uint8 or float32 images"):
-        AugmentedSequence(x.astype(np.float64))
-    with pytest.raises(TypeError, match="x must be a NumPy array"):
-        AugmentedSequence("images/")
-    with pytest.raises(ValueError, match="image_size must be"):
-        AugmentedSequence(x, image_size=(8,))
-    with pytest.raises(ValueError, match="bbox_format and boxes go together"):
-        AugmentedSequence(x, bbox_format="coco")
-
-
 def test_images_of_different_sizes_need_a_fixed_output_size():
     small, large = np.zeros((8, 8, 3), np.uint8), np.zeros((10, 12, 3), np.uint8)
     seq = AugmentedSequence([small, large], batch_size=2, shuffle=False, seed=0)
@@ -157,38 +135,6 @@ def test_images_of_different_sizes_need_a_fixed_output_size():
         seq[0]
     resized = AugmentedSequence([small, large], batch_size=2, shuffle=False, seed=0, image_size=(6, 5))
     assert resized[0][0].shape == (2, 6, 5, 3)
-
-
-def test_sample_function_equals_the_compose_for_the_same_random_state():
-    from keras_trainx.data.pipeline import build_pipeline, sample_function
-
-    x = images(12)
-    pipeline = build_pipeline(PIPELINE + [A.HueSaturationValue(p=0.5)])
-    apply = sample_function(pipeline)
-    assert apply is not pipeline  # no processors: the direct path
-    reference = A.Compose(PIPELINE + [A.HueSaturationValue(p=0.5)])
-    for index in range(3):
-        pipeline.set_random_state(*batch_random_state(5, 1, index))
-        reference.set_random_state(*batch_random_state(5, 1, index))
-        for image in x:
-            np.testing.assert_array_equal(apply(image=image)["image"], reference(image=image)["image"])
-    with_boxes = build_pipeline([A.HorizontalFlip(p=0.5)], bbox_format="pascal_voc")
-    assert sample_function(with_boxes) is with_boxes  # box processors: the Compose itself
-
-
-@pytest.mark.parametrize(
-    "kwargs, error, words",
-    [
-        ({"workers": 0}, ValueError, "`workers` must be an int >= 1"),
-        ({"workers": -1}, ValueError, "`workers` must be an int >= 1"),
-        ({"workers": 2.0}, TypeError, "`workers` must be an int"),
-        ({"use_multiprocessing": 1}, TypeError, "`use_multiprocessing` must be True or False"),
-        ({"max_queue_size": 0}, ValueError, "`max_queue_size` must be an int >= 1"),
-    ],
-)
-def test_worker_arguments_without_meaning_are_refused(kwargs, error, words):
-    with pytest.raises(error, match=words):
-        AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), batch_size=2, **kwargs)
 
 
 def test_epochs_are_told_not_guessed():

@@ -82,7 +82,7 @@ def test_boxes_are_transformed_and_padded():
     with pytest.raises(ValueError, match="transform must be a list of transforms when boxes"):
         AugmentedSequence(images(3), boxes=boxes, box_classes=classes, bbox_format="coco", max_boxes=3,
                           transform=A.Compose([A.HorizontalFlip()]))
-    with pytest.raises(ValueError, match="bbox_format must be one of"):
+    with pytest.raises(ValueError, match="`bbox_format` must be one of"):
         AugmentedSequence(images(3), boxes=boxes, box_classes=classes, bbox_format="xyxy", max_boxes=3)
 
 
@@ -107,5 +107,5 @@ def test_preview_draws_every_target(tmp_path):
     assert [axis.get_title() for axis in figure.axes] == ["cat", "dog", "cat"]
     assert len(figure.axes[0].patches) == 1 and len(figure.axes[1].patches) == 0
     figure.savefig(tmp_path / "preview.png")
-    with pytest.raises(ValueError, match=r"n must be an int in \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"`n` must be an int >= 1 and <= 3; received n=4"):
         seq.preview(4)

@@ -1,11 +1,19 @@
 """Telling a sequence its epoch: the callback `fit_accumulated` adds, and `Model.fit` users can add.
 
 Keras' `Model.fit` reports each epoch's number to its callbacks before it reads the epoch's first
-batch; the callback passes it to the sequence (`set_epoch`), so the augmentations of epoch `e` are the
-same in every process and after a resume with `initial_epoch` or `BackupAndRestore`.
+batch; `EpochCallback` passes it on (`set_epoch`), so the augmentations of epoch `e` are the same in
+every process, through `to_tf_dataset()`, and after a resume with `initial_epoch` or
+`BackupAndRestore`. `epoch_callbacks(x)` finds the sequence behind the data given to `fit`: the
+sequence itself, or the one a dataset from its `to_tf_dataset()` was made of.
+
+This module imports neither albumentations nor OpenCV.
 """
 
+import weakref
+
 import keras
+
+_SEQUENCE_OF_DATASET: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class EpochCallback(keras.callbacks.Callback):
@@ -27,22 +35,52 @@ class EpochCallback(keras.callbacks.Callback):
 
     def __init__(self, sequence):
         super().__init__()
+        if not callable(getattr(sequence, "set_epoch", None)):
+            raise TypeError(
+                f"`sequence` must have a set_epoch(epoch) method (e.g. an AugmentedSequence); received "
+                f"{type(sequence).__name__}."
+            )
         self.sequence = sequence
 
     def on_epoch_begin(self, epoch, logs=None):
         self.sequence.set_epoch(epoch)
 
 
+def remember_dataset(dataset, sequence):
+    """Records that `dataset` serves `sequence`'s batches, for `epoch_callbacks(dataset)`.
+
+    The record goes with the dataset (it holds the dataset weakly).
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> class Sequence:
+    ...     def epoch_callback(self):
+    ...         return "callback"
+    >>> dataset = tf.data.Dataset.range(2)
+    >>> remember_dataset(dataset, Sequence())
+    >>> epoch_callbacks(dataset)
+    ['callback']
+    """
+    _SEQUENCE_OF_DATASET[dataset] = sequence
+
+
 def epoch_callbacks(x):
-    """The callbacks that keep `x`'s epoch equal to `fit`'s: `[x.epoch_callback()]` or `[]`.
+    """The callbacks that keep `x`'s epoch equal to `fit`'s: `[callback]` or `[]`.
 
     Args:
-        x: the training data given to `fit_accumulated`.
+        x: the training data given to `fit`: an `AugmentedSequence` or a dataset its
+            `to_tf_dataset()` returned get their sequence's `epoch_callback()`; anything else
+            (including a dataset derived from such a dataset) gets none.
 
     Example:
 
     >>> epoch_callbacks([1, 2, 3])
     []
     """
-    make = getattr(x, "epoch_callback", None)
+    try:
+        sequence = _SEQUENCE_OF_DATASET.get(x, x)
+    except TypeError:  # unhashable data, e.g. a list or a dict of arrays
+        sequence = x
+    make = getattr(sequence, "epoch_callback", None)
     return [make()] if callable(make) else []

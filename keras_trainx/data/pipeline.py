@@ -1,18 +1,20 @@
 """Builds the albumentations pipeline of an `AugmentedSequence` and validates it in strict mode.
 
-albumentations 2.0.8 only warns about arguments it does not know (renamed ones such as
+Only albumentations' public API: `A.Compose` composes, `Compose.set_random_state` seeds (a shared NumPy
+`Generator` and `random.Random` per batch; `Compose(seed=...)` would give every transform the same
+stream, so decisions would correlate, albumentations 2.0.8), and `Compose.strict`/`is_check_shapes`
+switch checks. albumentations 2.0.8 only warns about arguments it does not know (renamed ones such as
 `GaussNoise(var_limit=...)`) and then ignores them; strict mode turns them into errors. The pipeline is
 checked once, in strict mode, when the sequence is built; per-sample calls then run with strict mode
 and albumentations' shape check off (the sequence checks shapes itself): measured here for a
 four-transform pipeline on 64x64 images, 438 us per call in strict mode, 318 us with the defaults,
-265 us with both checks off. A pipeline without box or keypoint processors is applied by calling its
-transforms in turn (`sample_function`), which skips the Compose's per-call bookkeeping (about 2% of a
-64x64 batch).
+265 us with both checks off.
 """
 
 import copy
 
 from keras_trainx.extras import require
+from keras_trainx.validation import check_choice
 
 BBOX_FORMATS = ("pascal_voc", "coco", "yolo", "albumentations")
 KEYPOINT_FORMATS = ("xy", "yx", "xya", "xys", "xyas", "xysa")
@@ -80,13 +82,11 @@ def build_pipeline(transform, *, image_size=None, bbox_format=None, keypoint_for
 
     bbox_params = None
     if bbox_format is not None:
-        if bbox_format not in BBOX_FORMATS:
-            raise ValueError(f"bbox_format must be one of {BBOX_FORMATS}, got {bbox_format!r}.")
+        check_choice("bbox_format", bbox_format, BBOX_FORMATS)
         bbox_params = A.BboxParams(format=bbox_format, label_fields=[BOX_LABEL_FIELD])
     keypoint_params = None
     if keypoint_format is not None:
-        if keypoint_format not in KEYPOINT_FORMATS:
-            raise ValueError(f"keypoint_format must be one of {KEYPOINT_FORMATS}, got {keypoint_format!r}.")
+        check_choice("keypoint_format", keypoint_format, KEYPOINT_FORMATS)
         keypoint_params = A.KeypointParams(
             format=keypoint_format, label_fields=[KEYPOINT_ID_FIELD], remove_invisible=True
         )
@@ -105,38 +105,3 @@ def build_pipeline(transform, *, image_size=None, bbox_format=None, keypoint_for
         if isinstance(inner, A.Compose):
             inner.is_check_shapes = False
     return pipeline
-
-
-def sample_function(pipeline):
-    """The per-sample callable of a pipeline built by `build_pipeline`: `function(**data) -> dict`.
-
-    Without bbox/keypoint processors and with `p=1`, `Compose.__call__` only draws its own (always
-    passing) probability check before the transforms, so the callable makes that same draw and calls
-    the transforms directly: its outputs equal the Compose's for the same random state. Otherwise the
-    Compose itself is returned.
-
-    Args:
-        pipeline: an `A.Compose` from `build_pipeline`.
-
-    Returns:
-        A callable taking the albumentations keyword inputs and returning the output dict.
-
-    Example:
-
-    >>> import numpy as np
-    >>> import albumentations as A
-    >>> apply = sample_function(build_pipeline([A.HorizontalFlip(p=1.0)]))
-    >>> apply(image=np.arange(3, dtype=np.uint8).reshape(1, 3, 1))["image"].ravel().tolist()
-    [2, 1, 0]
-    """
-    if pipeline.processors or pipeline.p < 1 or pipeline.save_applied_params:
-        return pipeline
-    transforms = tuple(pipeline.transforms)
-
-    def apply(**data):
-        pipeline.py_random.random()  # the Compose's own p check: keeps the random stream unchanged
-        for t in transforms:
-            data = t(**data)
-        return data
-
-    return apply

@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_trainx.data.targets import PAD_VALUE
 from keras_trainx.extras import require
+from keras_trainx.validation import check_int
 
 
 def _as_displayable(image):
@@ -34,10 +35,8 @@ def preview(sequence, n=8, *, cols=4):
     4
     """
     plt = require("matplotlib.pyplot", "preview()")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= sequence.num_samples:
-        raise ValueError(f"n must be an int in [1, {sequence.num_samples}], got {n!r}.")
-    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
-        raise ValueError(f"cols must be a positive int, got {cols!r}.")
+    n = check_int("n", n, minimum=1, maximum=sequence.num_samples)
+    cols = check_int("cols", cols, minimum=1)
     cols = min(cols, n)
     rows = math.ceil(n / cols)
     figure, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False)

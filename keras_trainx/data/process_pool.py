@@ -5,44 +5,71 @@ threads add little; processes use every core. Workers start from a fork server t
 package once (not from the training process, whose TensorFlow threads make `fork` unsafe), receive the
 pickled sequence once, and then build batch `index` of epoch `epoch` on request. Randomness is a pure
 function of (seed, epoch, index), so a worker's batch is the single-process batch.
+
+The workers end when their `ProcessBatches` is deleted (with the dataset that holds it) or, at the
+latest, when the interpreter exits. Like every process started by Python's fork server (and spawn),
+a worker first imports the main script: a script that builds and iterates such a dataset at its top
+level needs the `if __name__ == "__main__":` guard, or each worker would run it again; Python stops
+that worker, and `ProcessBatches` then raises at once, saying so.
 """
 
 import concurrent.futures
 import multiprocessing
 import pickle
+import sys
 import weakref
 from typing import Any
 
-import keras
+from keras_trainx.extras import require
 
 _SEQUENCE: Any = None
+
+GUARD_HINT = (
+    "Worker processes start by importing the main script (Python's fork server, as with spawn), so a "
+    "script that builds and iterates the dataset at its top level would run again in every worker; "
+    "Python stops such a worker. Put the script's work under `if __name__ == \"__main__\":`, or build "
+    "the sequence with use_multiprocessing=False (threads)."
+)
 
 
 def _start_worker(state):
     global _SEQUENCE
-    import cv2
-
     # One OpenCV thread per worker process: the workers already fill the cores.
-    cv2.setNumThreads(1)
+    require("cv2", "AugmentedSequence").setNumThreads(1)
     _SEQUENCE = pickle.loads(state)
 
 
 def _build_batch(epoch, index):
-    _SEQUENCE.set_epoch(epoch)
-    return _SEQUENCE[index]
+    return _SEQUENCE.epoch_batch(epoch, index)
 
 
-class ProcessBatches(keras.utils.PyDataset):
-    """A view of `sequence` whose batches are built by `sequence.workers` worker processes.
+def _main_is_a_script():
+    main = sys.modules.get("__main__")
+    return getattr(main, "__spec__", None) is None and getattr(main, "__file__", None) is not None
+
+
+class ProcessBatches:
+    """Builds `sequence`'s batches in `sequence.workers` worker processes.
+
+    A batch source for `keras_trainx.data.tf_dataset.batch_dataset`: `start_pass()` is the sequence's,
+    `epoch_batch(epoch, index)` is computed by a worker.
 
     Args:
         sequence: an `AugmentedSequence` (picklable: its sources, targets and transforms).
 
-    The epoch hooks act on `sequence` itself; each request carries its current epoch.
+    Example (in a script, under `if __name__ == "__main__":`):
+
+    >>> import numpy as np
+    >>> from keras_trainx.data import AugmentedSequence
+    >>> sequence = AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), batch_size=2, workers=2,
+    ...                              use_multiprocessing=True, seed=0)
+    >>> batches = ProcessBatches(sequence)
+    >>> batches.epoch_batch(0, 1)[0].shape
+    (2, 8, 8, 3)
+    >>> batches.close()
     """
 
     def __init__(self, sequence):
-        super().__init__(workers=sequence.workers)
         try:
             state = pickle.dumps(sequence)
         except Exception as error:
@@ -52,6 +79,7 @@ class ProcessBatches(keras.utils.PyDataset):
                 "local functions) or use_multiprocessing=False."
             ) from error
         self.sequence = sequence
+        self.workers = sequence.workers
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
         self._pool = concurrent.futures.ProcessPoolExecutor(
@@ -62,11 +90,18 @@ class ProcessBatches(keras.utils.PyDataset):
     def __len__(self):
         return len(self.sequence)
 
-    def __getitem__(self, index):
-        return self._pool.submit(_build_batch, self.sequence.epoch, index).result()
+    def start_pass(self):
+        return self.sequence.start_pass()
 
-    def on_epoch_begin(self):
-        self.sequence.on_epoch_begin()
+    def epoch_batch(self, epoch, index):
+        try:
+            return self._pool.submit(_build_batch, epoch, index).result()
+        except concurrent.futures.process.BrokenProcessPool as error:
+            hint = GUARD_HINT if _main_is_a_script() else "See the worker's error above."
+            raise RuntimeError(
+                f"the worker processes of use_multiprocessing=True ended before building a batch. {hint}"
+            ) from error
 
-    def on_epoch_end(self):
-        self.sequence.on_epoch_end()
+    def close(self):
+        """Ends the worker processes now (they end anyway when this object is deleted)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

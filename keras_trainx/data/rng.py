@@ -10,6 +10,8 @@ import random
 
 import numpy as np
 
+from keras_trainx.validation import check_int
+
 _AUGMENT_STREAM = 0
 _SHUFFLE_STREAM = 1
 
@@ -42,11 +44,7 @@ def check_seed(seed):
     """
     if seed is None:
         return draw_seed()
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be a non-negative int or None, got {seed!r} of type {type(seed).__name__}.")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed}.")
-    return int(seed)
+    return check_int("seed", seed, minimum=0, hint="None draws a seed.")
 
 
 def batch_random_state(seed, epoch, index):

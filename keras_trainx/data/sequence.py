@@ -9,11 +9,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_trainx.data import loaders
-from keras_trainx.data.pipeline import build_pipeline, sample_function
+from keras_trainx.data.epochs import EpochCallback, remember_dataset
+from keras_trainx.data.pipeline import build_pipeline
 from keras_trainx.data.rng import batch_random_state, check_seed, epoch_permutation
 from keras_trainx.data.sources import as_source
-from keras_trainx.data.epochs import EpochCallback
 from keras_trainx.data.targets import BatchTargets, Targets
+from keras_trainx.data.tf_dataset import batch_dataset, check_prefetch
 from keras_trainx.validation import check_bool, check_int
 
 
@@ -99,31 +100,32 @@ class AugmentedSequence(keras.utils.PyDataset):
         )
         if (boxes is None) != (bbox_format is None):
             raise ValueError("bbox_format and boxes go together: pass both (e.g. bbox_format='pascal_voc') or neither.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        drop_remainder = check_bool("drop_remainder", drop_remainder)
         if drop_remainder and n < batch_size:
             raise ValueError(
                 f"drop_remainder=True with {n} images and batch_size={batch_size} leaves no batch; "
                 f"lower batch_size."
             )
-        if image_size is not None and (
-            len(image_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in image_size)
-        ):
-            raise ValueError(f"image_size must be (height, width) of positive ints, got {image_size!r}.")
-        if not isinstance(shuffle, bool):
-            raise TypeError(f"shuffle must be True or False, got {shuffle!r}.")
+        if image_size is not None:
+            if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
+                raise TypeError(f"`image_size` must be (height, width); received image_size={image_size!r}.")
+            image_size = tuple(check_int(f"image_size[{i}]", v, minimum=1) for i, v in enumerate(image_size))
+        check_bool("shuffle", shuffle)
         self.pipeline = build_pipeline(
             transform, image_size=image_size, bbox_format=bbox_format,
             keypoint_format=None if keypoints is None else keypoint_format,
         )
         self.class_names = None if class_names is None else list(class_names)
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = check_seed(seed)
-        self.drop_remainder = bool(drop_remainder)
+        self.drop_remainder = drop_remainder
         self._epoch = 0
         self._epoch_open = False
-        self._order = self._make_order()
+        self._epoch_told = False
+        self._passes = 0
+        self._orders = {}
         self._local = threading.local()
 
     @classmethod
@@ -188,26 +190,24 @@ class AugmentedSequence(keras.utils.PyDataset):
 
     @property
     def epoch(self):
-        """The epoch counter: 0 during the first epoch."""
+        """The epoch that `seq[i]` serves: 0 until told otherwise."""
         return self._epoch
 
     def set_epoch(self, epoch):
-        """Sets the epoch counter, and with it the epoch's sample order and augmentations.
+        """Sets the epoch that `seq[i]` serves, and the one the next pass of `to_tf_dataset()` serves.
 
         Args:
             epoch: non-negative int; batch `i` then equals batch `i` of that epoch in any process.
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}.")
-        if epoch != self._epoch:
-            self._epoch = int(epoch)
-            self._order = self._make_order()
+        self._epoch = check_int("epoch", epoch, minimum=0)
+        self._epoch_told = True
 
     def epoch_callback(self):
         """A `keras.callbacks.Callback` that sets this sequence's epoch to `fit`'s at each epoch start.
 
-        `fit_accumulated` adds it by itself; with `Model.fit`, add it so that a resumed run
-        (`initial_epoch`, `BackupAndRestore`) continues with the epoch's own augmentations.
+        `fit_accumulated` adds it by itself (also for a dataset from `to_tf_dataset()`); with
+        `Model.fit`, add it so that a resumed run (`initial_epoch`, `BackupAndRestore`) continues with
+        the epoch's own augmentations.
 
         Example:
 
@@ -228,34 +228,53 @@ class AugmentedSequence(keras.utils.PyDataset):
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
 
-    def _make_order(self):
-        if self.shuffle:
-            return epoch_permutation(self.seed, self._epoch, self.num_samples)
-        return np.arange(self.num_samples)
+    def _order(self, epoch):
+        """The sample order of `epoch` (computed once per epoch; any thread may ask)."""
+        order = self._orders.get(epoch)
+        if order is None:
+            order = epoch_permutation(self.seed, epoch, self.num_samples) if self.shuffle else np.arange(self.num_samples)
+            self._orders = {epoch: order, **{e: o for e, o in self._orders.items() if e == epoch - 1}}
+        return order
 
     def _thread_pipeline(self):
-        """This thread's copy of the pipeline and its per-sample callable (`sample_function`)."""
-        local = getattr(self._local, "pipeline", None)
-        if local is None:
-            pipeline = copy.deepcopy(self.pipeline)
-            local = self._local.pipeline = (pipeline, sample_function(pipeline))
-        return local
+        """This thread's copy of the pipeline (the random state is set per batch)."""
+        pipeline = getattr(self._local, "pipeline", None)
+        if pipeline is None:
+            pipeline = self._local.pipeline = copy.deepcopy(self.pipeline)
+        return pipeline
 
-    def batch_indices(self, index):
-        """The sample indices (into `x`) of batch `index` in the current epoch."""
+    def batch_indices(self, index, epoch=None):
+        """The sample indices (into `x`) of batch `index` of `epoch` (the current epoch by default)."""
+        index = check_int("index", index)
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches.")
-        return self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        order = self._order(self._epoch if epoch is None else check_int("epoch", epoch, minimum=0))
+        return order[index * self.batch_size:(index + 1) * self.batch_size]
 
     def __getitem__(self, index):
-        ids = self.batch_indices(index)
-        pipeline, augment = self._thread_pipeline()
-        pipeline.set_random_state(*batch_random_state(self.seed, self._epoch, index))
+        return self.epoch_batch(self._epoch, index)
+
+    def epoch_batch(self, epoch, index):
+        """Batch `index` of epoch `epoch`, whatever epoch the sequence serves now.
+
+        A pure function of `(seed, epoch, index)`: `seq[i]` is `seq.epoch_batch(seq.epoch, i)`, and
+        worker threads and processes call this with the epoch their pass serves.
+
+        Args:
+            epoch: non-negative int.
+            index: batch index in `[0, len(seq))`.
+
+        Returns:
+            The batch, as `seq[index]` returns it.
+        """
+        ids = self.batch_indices(index, epoch)
+        pipeline = self._thread_pipeline()
+        pipeline.set_random_state(*batch_random_state(self.seed, epoch, index))
         collected = BatchTargets(self.targets, len(ids))
         images = None
         for j, i in enumerate(ids):
             image = self.images[i]
-            output = augment(image=image, **self.targets.inputs(i, image, self.images.describe))
+            output = pipeline(image=image, **self.targets.inputs(i, image, self.images.describe))
             result = output["image"]
             if images is None:
                 images = np.empty((len(ids),) + result.shape, result.dtype)
@@ -279,7 +298,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         self._epoch_open = True
 
     def on_epoch_end(self):
-        """Advances the epoch and reshuffles, if `on_epoch_begin()` opened the epoch that ends.
+        """Advances the epoch, if `on_epoch_begin()` opened the epoch that ends.
 
         Keras also calls it once before the first epoch (resetting its iterator); that call ends no
         epoch and is not counted.
@@ -288,34 +307,56 @@ class AugmentedSequence(keras.utils.PyDataset):
             return
         self._epoch_open = False
         self._epoch += 1
-        self._order = self._make_order()
+        self._epoch_told = False
+
+    def start_pass(self):
+        """Starts a pass of `to_tf_dataset()` over the batches and returns the epoch it serves.
+
+        The first pass serves `epoch`; a later one serves the epoch after the previous pass's, unless
+        `set_epoch()` (or the epoch callback) told an epoch since, which it then serves.
+
+        Returns:
+            The pass's epoch, now also `self.epoch`.
+        """
+        if self._passes and not self._epoch_told:
+            self._epoch += 1
+        self._passes += 1
+        self._epoch_told = False
+        return self._epoch
 
     def to_tf_dataset(self, *, prefetch=tf.data.AUTOTUNE):
         """A `tf.data.Dataset` of the batches with static shapes (for tf.distribute and TPUs).
 
-        Uses `keras_trainx.data.to_tf_dataset`: up to `workers` batches are built at once, in threads,
-        or with `use_multiprocessing=True` in `workers` processes started from a fork server (they
-        pay off on small images, where albumentations holds Python's GIL: 64x64 batches came 1.3-1.4x
-        faster than with threads on 2 cores); each new pass over the dataset (each epoch of `fit`)
-        first calls `on_epoch_end()`. Needs `drop_remainder=True` when the last batch would be partial.
+        Each pass over the dataset is one epoch (see `start_pass()`): its batches are
+        `epoch_batch(epoch, i)`, built by up to `workers` threads, or with `use_multiprocessing=True`
+        by `workers` worker processes (see `keras_trainx.data.process_pool`), which end when the dataset
+        is deleted. `fit_accumulated` keeps the pass's epoch equal to `fit`'s; with `Model.fit`, add
+        `callbacks=[seq.epoch_callback()]` for the same (needed for resumed runs and under a
+        distribution strategy, whose first look at the data is a pass of its own). Needs
+        `drop_remainder=True` when the last batch would be partial.
 
         Args:
-            prefetch: batches to prefetch (`tf.data.AUTOTUNE` by default).
+            prefetch: batches to prefetch (`tf.data.AUTOTUNE` by default); 0 prefetches none.
 
         Returns:
             A `tf.data.Dataset`.
         """
-        from keras_trainx.data.process_pool import ProcessBatches
-        from keras_trainx.data.tf_dataset import to_tf_dataset
-
+        prefetch = check_prefetch(prefetch)
         if self.num_samples % self.batch_size and not self.drop_remainder:
             raise ValueError(
                 f"to_tf_dataset() needs equal batches but {self.num_samples} images in batches of "
                 f"{self.batch_size} leave a last batch of {self.num_samples % self.batch_size}; build the "
                 f"sequence with drop_remainder=True (or a batch_size that divides {self.num_samples})."
             )
-        source = ProcessBatches(self) if self.use_multiprocessing else self
-        return to_tf_dataset(source, prefetch=prefetch)
+        if self.use_multiprocessing:
+            from keras_trainx.data.process_pool import ProcessBatches
+
+            source = ProcessBatches(self)
+        else:
+            source = self
+        dataset = batch_dataset(source, prefetch=prefetch)
+        remember_dataset(dataset, self)
+        return dataset
 
     def preview(self, n=8, *, cols=4):
         """A matplotlib figure of `n` augmented samples of the current epoch, with labels, masks,

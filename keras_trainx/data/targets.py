@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_trainx.data.pipeline import BOX_LABEL_FIELD, KEYPOINT_FORMATS, KEYPOINT_ID_FIELD
 from keras_trainx.data.sources import as_source
+from keras_trainx.validation import check_choice, check_int
 
 PAD_VALUE = -1
 
@@ -26,8 +27,9 @@ def _check_length(value, name, n):
 
 def _ragged(values, name, n, width, max_count, max_name):
     _check_length(values, name, n)
-    if max_count is None or int(max_count) < 1:
-        raise ValueError(f"{max_name} must be a positive int when {name} is given (rows are padded to it).")
+    if max_count is None:
+        raise ValueError(f"`{max_name}` is required with {name} (rows are padded to it).")
+    max_count = check_int(max_name, max_count, minimum=1)
     arrays = []
     for i, value in enumerate(values):
         array = np.asarray(value, dtype=np.float32)
@@ -74,6 +76,7 @@ class Targets:
             _check_length(self.labels, "y", n)
         self.num_classes = num_classes
         if num_classes is not None:
+            self.num_classes = num_classes = check_int("num_classes", num_classes, minimum=1)
             if self.labels is None:
                 raise ValueError("num_classes needs y (integer class labels); pass y or drop num_classes.")
             if not np.issubdtype(self.labels.dtype, np.integer) or self.labels.ndim != 1:
@@ -106,8 +109,7 @@ class Targets:
             raise ValueError("box_classes and max_boxes need boxes; pass boxes or drop them.")
         self.keypoints = None
         if keypoints is not None:
-            if keypoint_format not in KEYPOINT_FORMATS:
-                raise ValueError(f"keypoint_format must be one of {KEYPOINT_FORMATS}, got {keypoint_format!r}.")
+            check_choice("keypoint_format", keypoint_format, KEYPOINT_FORMATS)
             self.keypoint_width = len(keypoint_format)
             self.keypoints = _ragged(keypoints, "keypoints", n, self.keypoint_width, max_keypoints, "max_keypoints")
             self.max_keypoints = int(max_keypoints)

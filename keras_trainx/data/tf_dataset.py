@@ -1,17 +1,43 @@
-"""Turns any `keras.utils.PyDataset` into a `tf.data.Dataset` with static shapes.
+"""Turns a `keras.utils.PyDataset` into a `tf.data.Dataset` with static shapes.
 
 Static shapes (the batch dimension included) are what TPUs and `tf.distribute` input pipelines need.
 The element spec comes from the first and the last batch; a partial last batch is refused unless
-`drop_remainder=True` drops it. Batches are built by `tf.numpy_function` calls, up to
-`sequence.workers` at once in tf.data's threads (so `__getitem__` must be thread-safe whenever
-`workers > 1`, as for Keras' own thread workers; `use_multiprocessing` does not apply here). Each
-new pass over the dataset after the first calls `sequence.on_epoch_end()` once the previous pass has
-finished, then `on_epoch_begin()`, as Keras does between epochs.
+`drop_remainder=True` drops it. Batches are built by `tf.numpy_function` calls, up to `workers` at once
+in tf.data's threads (so `__getitem__` must be thread-safe whenever `workers > 1`, as for Keras' own
+thread workers).
+
+Each iteration over the dataset is a pass, and a pass is an epoch. A source that says which epoch a
+pass serves (`start_pass()`, then `epoch_batch(epoch, index)` for its batches, as `AugmentedSequence`
+does) has that epoch carried with every batch request of the pass, so no batch depends on when it is
+built. Any other `PyDataset` gets Keras' hooks instead: each pass after the first calls
+`on_epoch_end()`, and every pass `on_epoch_begin()`, before its first batch is built.
+
+The dataset's functions hold their source weakly: the returned dataset (and so any dataset or iterator
+made from it) keeps the source alive, and the source, with any worker processes it owns, goes when
+the last of them is deleted. TensorFlow keeps traced `numpy_function` callables longer than the dataset.
 """
+
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_trainx.validation import check_bool, check_int
+
+_SOURCES: "weakref.WeakKeyDictionary[tf.data.Dataset, object]" = weakref.WeakKeyDictionary()
+
+
+def check_prefetch(prefetch):
+    """Validates a `prefetch` argument: a non-negative int or `tf.data.AUTOTUNE`.
+
+    Example:
+
+    >>> check_prefetch(tf.data.AUTOTUNE) == tf.data.AUTOTUNE
+    True
+    """
+    return check_int("prefetch", prefetch, minimum=tf.data.AUTOTUNE,
+                     hint="Use a non-negative number of batches or tf.data.AUTOTUNE.")
 
 
 def _standardize(batch):
@@ -36,11 +62,35 @@ def _flat_arrays(batch, index):
     return flat
 
 
+class _HookedBatches:
+    """A plain `PyDataset` as a source: Keras' epoch hooks at each pass start; `epoch` is ignored."""
+
+    def __init__(self, sequence):
+        self.sequence = sequence
+        self.workers = sequence.workers
+        self._started = False
+
+    def __len__(self):
+        return self.sequence.num_batches
+
+    def start_pass(self):
+        if self._started:
+            self.sequence.on_epoch_end()
+        self._started = True
+        self.sequence.on_epoch_begin()
+        return 0
+
+    def epoch_batch(self, epoch, index):
+        return self.sequence[index]
+
+
 def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
     """Converts a finite `keras.utils.PyDataset` into a `tf.data.Dataset` with fully static shapes.
 
     Args:
-        sequence: a `keras.utils.PyDataset` with a finite number of batches.
+        sequence: a `keras.utils.PyDataset` with a finite number of batches. One with `start_pass()`
+            and `epoch_batch(epoch, index)` (an `AugmentedSequence`) chooses each pass's epoch itself;
+            any other has its `on_epoch_end()`/`on_epoch_begin()` hooks called between passes.
         drop_remainder: drop the last batch when it is smaller than the others. Without it, a partial
             last batch raises ValueError (its shape would not be static).
         prefetch: number of batches to prefetch (`tf.data.AUTOTUNE` by default); 0 prefetches none.
@@ -64,18 +114,41 @@ def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
     [1.0, 25.0, 81.0]
     """
     if not isinstance(sequence, keras.utils.PyDataset):
-        raise TypeError(f"sequence must be a keras.utils.PyDataset, got {type(sequence).__name__}.")
-    if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < tf.data.AUTOTUNE:
-        raise ValueError(f"prefetch must be a non-negative int or tf.data.AUTOTUNE, got {prefetch!r}.")
-    num_batches = sequence.num_batches
-    if num_batches is None:
+        raise TypeError(f"`sequence` must be a keras.utils.PyDataset; received {type(sequence).__name__}.")
+    check_bool("drop_remainder", drop_remainder)
+    prefetch = check_prefetch(prefetch)
+    if sequence.num_batches is None:
         raise ValueError("sequence must have a finite number of batches (its num_batches is None).")
+    told = hasattr(sequence, "start_pass") and hasattr(sequence, "epoch_batch")
+    dataset = batch_dataset(sequence if told else _HookedBatches(sequence), drop_remainder=drop_remainder,
+                            prefetch=prefetch)
+    if hasattr(sequence, "epoch_callback"):
+        from keras_trainx.data.epochs import remember_dataset
+
+        remember_dataset(dataset, sequence)
+    return dataset
+
+
+def batch_dataset(source, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
+    """The `tf.data.Dataset` of a batch source: one pass per iteration, batches built on request.
+
+    Args:
+        source: an object with `len(source)` batches, `workers` (batches built at once),
+            `start_pass() -> int` (called before the first batch of each pass; returns the pass's
+            epoch) and `epoch_batch(epoch, index)` (thread-safe when `workers > 1`).
+        drop_remainder, prefetch: as in `to_tf_dataset`.
+
+    Returns:
+        The dataset; it keeps `source` alive (see the module docstring).
+    """
+    num_batches = len(source)
     if num_batches < 1:
         raise ValueError("sequence has no batches.")
-    structure = _standardize(sequence[0])
+    structure = _standardize(source.epoch_batch(0, 0))
     first = _flat_arrays(structure, 0)
-    last = _flat_arrays(sequence[num_batches - 1], num_batches - 1)
-    tf.nest.assert_same_structure(structure, _standardize(sequence[num_batches - 1]))
+    last_batch = _standardize(source.epoch_batch(0, num_batches - 1))
+    last = _flat_arrays(last_batch, num_batches - 1)
+    tf.nest.assert_same_structure(structure, last_batch)
     batch_size = len(first[0])
     if len(last[0]) != batch_size:
         if not drop_remainder:
@@ -94,32 +167,37 @@ def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
             )
     dtypes = [tf.as_dtype(a.dtype) for a in first]
     shapes = [a.shape for a in first]
-    started = False
+    source_ref = weakref.ref(source)
+
+    def live_source():
+        live = source_ref()
+        if live is None:
+            raise RuntimeError("the dataset's batch source was deleted with its dataset.")
+        return live
 
     def start_pass():
-        nonlocal started
-        if started:
-            sequence.on_epoch_end()
-        started = True
-        sequence.on_epoch_begin()
-        return np.int64(num_batches)
+        return np.int64(live_source().start_pass())
 
-    def load(index):
-        return _flat_arrays(sequence[int(index)], int(index))
+    def load(epoch, index):
+        return _flat_arrays(live_source().epoch_batch(int(epoch), int(index)), int(index))
 
-    def fetch(index):
-        flat = tf.numpy_function(load, [index], dtypes, stateful=True)
+    def pass_batches(epoch):
+        return tf.data.Dataset.range(num_batches).map(lambda index: (epoch, index))
+
+    def fetch(epoch, index):
+        flat = tf.numpy_function(load, [epoch, index], dtypes, stateful=True)
         flat = [tf.ensure_shape(t, shape) for t, shape in zip(flat, shapes)]
         return tf.nest.pack_sequence_as(structure, flat)
 
-    # One numpy_function per pass runs the epoch hooks before any batch of the pass is built.
+    # One numpy_function per pass chooses the pass's epoch before any of its batches is requested.
     dataset = tf.data.Dataset.range(1).map(lambda _: tf.numpy_function(start_pass, [], tf.int64, stateful=True))
-    dataset = dataset.flat_map(tf.data.Dataset.range)
-    if sequence.workers > 1:
-        dataset = dataset.map(fetch, num_parallel_calls=sequence.workers, deterministic=True)
+    dataset = dataset.flat_map(pass_batches)
+    if source.workers > 1:
+        dataset = dataset.map(fetch, num_parallel_calls=source.workers, deterministic=True)
     else:
         dataset = dataset.map(fetch)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
     if prefetch:
         dataset = dataset.prefetch(prefetch)
+    _SOURCES[dataset] = source
     return dataset
