@@ -9,10 +9,13 @@ function of (seed, epoch, index), so a worker's batch is the single-process batc
 The workers end when their `ProcessBatches` is deleted (with the dataset that holds it) or, at the
 latest, when the interpreter exits. Like every process started by Python's fork server (and spawn),
 a worker first imports the main script: a script that builds and iterates such a dataset at its top
-level needs the `if __name__ == "__main__":` guard, or each worker would run it again; Python stops
-that worker, and `ProcessBatches` then raises at once, saying so.
+level needs the `if __name__ == "__main__":` guard, or each worker would run it again (Python stops
+such a worker). `ProcessBatches` therefore refuses to start workers for a main script that has no
+such guard at all, at once and saying why; should a worker still end early, the first batch request
+raises with the same advice instead of a bare `BrokenProcessPool`.
 """
 
+import ast
 import concurrent.futures
 import multiprocessing
 import pickle
@@ -43,9 +46,27 @@ def _build_batch(epoch, index):
     return _SEQUENCE.epoch_batch(epoch, index)
 
 
-def _main_is_a_script():
+def _main_script():
+    """The path of the main script that worker processes will import, or None (`-m`, -c, notebooks)."""
     main = sys.modules.get("__main__")
-    return getattr(main, "__spec__", None) is None and getattr(main, "__file__", None) is not None
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or not isinstance(path, str) or not path.endswith(".py"):
+        return None
+    return path
+
+
+def _has_main_guard(path):
+    """Whether the script compares `__name__` with "__main__" anywhere (True when it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            tree = ast.parse(file.read())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "__name__":
+            if any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.comparators):
+                return True
+    return False
 
 
 class ProcessBatches:
@@ -78,6 +99,10 @@ class ProcessBatches:
                 f"pickled ({type(error).__name__}: {error}); use picklable transforms (no lambdas or "
                 "local functions) or use_multiprocessing=False."
             ) from error
+        script = _main_script()
+        if script is not None and not _has_main_guard(script):
+            raise RuntimeError(f"use_multiprocessing=True: {script} has no `if __name__ == \"__main__\":` "
+                               f"guard. {GUARD_HINT}")
         self.sequence = sequence
         self.workers = sequence.workers
         context = multiprocessing.get_context("forkserver")
@@ -97,7 +122,7 @@ class ProcessBatches:
         try:
             return self._pool.submit(_build_batch, epoch, index).result()
         except concurrent.futures.process.BrokenProcessPool as error:
-            hint = GUARD_HINT if _main_is_a_script() else "See the worker's error above."
+            hint = GUARD_HINT if _main_script() is not None else "See the worker's error above."
             raise RuntimeError(
                 f"the worker processes of use_multiprocessing=True ended before building a batch. {hint}"
             ) from error
