@@ -1,19 +1,21 @@
-"""Images/s through `Model.fit` for the same albumentations pipeline fed several ways, in one process.
+"""Images/s as a user feeds them: `Model.fit` and `fit_accumulated`, the same albumentations pipeline.
 
-Peers, timed in interleaved rounds (the machine is noisy: every round times every peer once, in a
-rotated order; the median round counts, and the best round is printed too: other jobs on a shared
-machine slow whole rounds, which the best round filters out):
+Every pipeline trains the same tiny model (Rescaling, 2x2 average pooling, global pooling, Dense: the
+input pipeline dominates) for one epoch per timing, with `Model.fit` and with
+`keras_trainx.fit_accumulated(accum_steps=2)`. Peers, as users write them:
 
-- AugmentedSequence: `keras_trainx.data.AugmentedSequence` with 1 and 2 thread workers, and its
-  `to_tf_dataset()` with 2 threads or 2 worker processes (at 64x64 a second thread mostly contends for
-  the GIL, so 1 worker can win, and processes pay off);
-- per-sample Sequence: the well-known recipe (a `keras.utils.PyDataset` whose `__getitem__` loops
-  `compose(image=...)` over the batch and stacks), with 1 and 2 thread workers and 2 Keras process
-  workers;
+- the article's Sequence: a `keras.utils.PyDataset` whose `__getitem__` loops `compose(image=...)` over
+  the batch and stacks (the well-known recipe), as written (1 worker) and with `workers=2` threads;
 - tf.data: `Dataset.range(steps).map(numpy_function(augment one batch), AUTOTUNE).prefetch(AUTOTUNE)`.
 
-The model is tiny (Rescaling, 2x2 average pooling, global pooling, Dense) so the input pipeline
-dominates. Run: `python benchmarks/bench_augmentation.py` (about 2-3 minutes on 2 cores);
+Ours, the calls the README recommends: `AugmentedSequence(..., workers=2)` passed to `fit` (threads),
+and its `to_tf_dataset()` built with `workers=2, use_multiprocessing=True` (worker processes), both
+with the epoch callback (`fit_accumulated` adds it itself).
+
+Timings are interleaved: every round times every pipeline once per trainer, in a rotated order; the
+median round counts, the best round is printed too (a shared machine slows whole rounds). Worker
+start-up (threads, processes, tracing) happens in an untimed warm-up epoch, and is printed separately
+for the process path. Run: `python benchmarks/bench_augmentation.py` (about 4 minutes on 2 cores);
 `--sizes 64 --rounds 3` for a quicker look.
 """
 
@@ -30,9 +32,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_trainx.data import AugmentedSequence  # noqa: E402
+import keras_trainx  # noqa: E402
+from keras_trainx.data import AugmentedSequence, epoch_callbacks  # noqa: E402
 
 BATCH = 64
+OURS = "AugmentedSequence"
 
 
 def transforms():
@@ -44,8 +48,8 @@ def transforms():
     ]
 
 
-class PerSampleSequence(keras.utils.PyDataset):
-    """The classic recipe: loop the Compose over the samples of the batch, then stack."""
+class ArticleSequence(keras.utils.PyDataset):
+    """The article's recipe: loop the Compose over the samples of the batch, then stack."""
 
     def __init__(self, x, y, batch_size, **kwargs):
         super().__init__(**kwargs)
@@ -76,21 +80,17 @@ def numpy_function_dataset(x, y):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def peers(x, y):
-    def augmented(**kwargs):
+def pipelines(x, y):
+    def ours(**kwargs):
         return AugmentedSequence(x, y, batch_size=BATCH, transform=transforms(), seed=0, drop_remainder=True,
                                  **kwargs)
 
     return {
-        "AugmentedSequence workers=1": lambda: augmented(),
-        "AugmentedSequence workers=2 (threads)": lambda: augmented(workers=2),
-        "AugmentedSequence.to_tf_dataset workers=2": lambda: augmented(workers=2).to_tf_dataset(),
-        "AugmentedSequence.to_tf_dataset 2 processes": lambda: augmented(
+        f"{OURS}(workers=2) threads": lambda: ours(workers=2),
+        f"{OURS}(workers=2, processes).to_tf_dataset()": lambda: ours(
             workers=2, use_multiprocessing=True).to_tf_dataset(),
-        "per-sample Sequence workers=1": lambda: PerSampleSequence(x, y, BATCH),
-        "per-sample Sequence workers=2 (threads)": lambda: PerSampleSequence(x, y, BATCH, workers=2),
-        "per-sample Sequence workers=2 (processes)": lambda: PerSampleSequence(
-            x, y, BATCH, workers=2, use_multiprocessing=True),
+        "article Sequence (1 worker)": lambda: ArticleSequence(x, y, BATCH),
+        "article Sequence (workers=2 threads)": lambda: ArticleSequence(x, y, BATCH, workers=2),
         "tf.data numpy_function AUTOTUNE": lambda: numpy_function_dataset(x, y),
     }
 
@@ -107,32 +107,56 @@ def tiny_model(size):
     return model
 
 
+def fit(model, data, epoch):
+    model.fit(data, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
+              callbacks=epoch_callbacks(data))
+
+
+def fit_accumulated(model, data, epoch):
+    keras_trainx.fit_accumulated(model, data, accum_steps=2, epochs=epoch + 1, initial_epoch=epoch,
+                                 verbose=0, shuffle=False)
+
+
+TRAINERS = {"Model.fit": fit, "fit_accumulated": fit_accumulated}
+
+
 def measure(size, num_images, rounds):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8)
     y = rng.integers(0, 10, num_images).astype(np.int64)
-    model = tiny_model(size)
-    makers = peers(x, y)
-    inputs = {name: make() for name, make in makers.items()}
-    for data in inputs.values():  # warm-up: traces, thread pools, first-batch probes
-        model.fit(data, epochs=1, verbose=0, shuffle=False)
-    rates = {name: [] for name in inputs}
-    names = list(inputs)
+    inputs, models, startup = {}, {}, {}
+    for name, make in pipelines(x, y).items():
+        start = time.perf_counter()
+        inputs[name] = make()
+        for trainer, train in TRAINERS.items():  # warm-up: workers, traces, first-batch probes
+            models[trainer, name] = tiny_model(size)
+            train(models[trainer, name], inputs[name], 0)
+        startup[name] = time.perf_counter() - start
+    runs = [(trainer, name) for trainer in TRAINERS for name in inputs]
+    rates = {run: [] for run in runs}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for trainer, name in runs[r % len(runs):] + runs[: r % len(runs)]:
             start = time.perf_counter()
-            model.fit(inputs[name], epochs=1, verbose=0, shuffle=False)
-            rates[name].append(num_images / (time.perf_counter() - start))
-    return ({name: statistics.median(values) for name, values in rates.items()},
-            {name: max(values) for name, values in rates.items()})
+            TRAINERS[trainer](models[trainer, name], inputs[name], r + 1)
+            rates[trainer, name].append(num_images / (time.perf_counter() - start))
+    return rates, startup
 
 
-def ours_best(rates):
-    return max(v for k, v in rates.items() if k.startswith("AugmentedSequence"))
-
-
-def peer_best(rates):
-    return max(v for k, v in rates.items() if not k.startswith("AugmentedSequence"))
+def report(size, num_images, rounds, rates, startup):
+    print(f"\n{size}x{size}, batch {BATCH}, {num_images} images per epoch, {rounds} rounds")
+    for trainer in TRAINERS:
+        medians = {name: statistics.median(v) for (t, name), v in rates.items() if t == trainer}
+        bests = {name: max(v) for (t, name), v in rates.items() if t == trainer}
+        peer_median = max(v for k, v in medians.items() if not k.startswith(OURS))
+        peer_best = max(v for k, v in bests.items() if not k.startswith(OURS))
+        print(f"  {trainer}")
+        print(f"  {'pipeline':50s} {'median img/s':>12s} {'vs best peer':>12s} {'best img/s':>11s} "
+              f"{'vs best peer':>12s}")
+        for name in sorted(medians, key=lambda k: -medians[k]):
+            print(f"  {name:50s} {medians[name]:12.0f} {medians[name] / peer_median:11.2f}x "
+                  f"{bests[name]:11.0f} {bests[name] / peer_best:11.2f}x")
+    print("  first epoch incl. start-up (workers, tracing), both trainers: "
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items()))
 
 
 def main():
@@ -143,14 +167,8 @@ def main():
     images_per_size = {64: 4096, 224: 768}
     for size in args.sizes:
         num_images = images_per_size.get(size, max(BATCH * 4, 4096 * 64 * 64 // (size * size) // BATCH * BATCH))
-        medians, bests = measure(size, num_images, args.rounds)
-        print(f"\n{size}x{size}, batch {BATCH}, {num_images} images per fit, {args.rounds} rounds")
-        print(f"{'pipeline':45s} {'median img/s':>12s} {'vs best peer':>13s} {'best img/s':>11s} {'vs best peer':>13s}")
-        for name in sorted(medians, key=lambda k: -medians[k]):
-            print(f"{name:45s} {medians[name]:12.0f} {medians[name] / peer_best(medians):12.2f}x "
-                  f"{bests[name]:11.0f} {bests[name] / peer_best(bests):12.2f}x")
-        print(f"AugmentedSequence (best setting) / best peer: {ours_best(medians) / peer_best(medians):.2f}x "
-              f"(medians), {ours_best(bests) / peer_best(bests):.2f}x (best rounds)")
+        rates, startup = measure(size, num_images, args.rounds)
+        report(size, num_images, args.rounds, rates, startup)
 
 
 if __name__ == "__main__":

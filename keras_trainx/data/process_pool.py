@@ -73,7 +73,7 @@ class ProcessBatches:
     """Builds `sequence`'s batches in `sequence.workers` worker processes.
 
     A batch source for `keras_trainx.data.tf_dataset.batch_dataset`: `start_pass()` is the sequence's,
-    `epoch_batch(epoch, index)` is computed by a worker.
+    `epoch_batch(epoch, index)` is computed by a worker (thread-safe: requests queue for the workers).
 
     Args:
         sequence: an `AugmentedSequence` (picklable: its sources, targets and transforms).
@@ -104,7 +104,6 @@ class ProcessBatches:
             raise RuntimeError(f"use_multiprocessing=True: {script} has no `if __name__ == \"__main__\":` "
                                f"guard. {GUARD_HINT}")
         self.sequence = sequence
-        self.workers = sequence.workers
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
         self._pool = concurrent.futures.ProcessPoolExecutor(

@@ -351,10 +351,11 @@ class AugmentedSequence(keras.utils.PyDataset):
         if self.use_multiprocessing:
             from keras_trainx.data.process_pool import ProcessBatches
 
-            source = ProcessBatches(self)
+            # two requests per worker: each worker finds its next batch queued when it finishes one
+            source, parallel_calls = ProcessBatches(self), 2 * self.workers
         else:
-            source = self
-        dataset = batch_dataset(source, prefetch=prefetch)
+            source, parallel_calls = self, self.workers
+        dataset = batch_dataset(source, parallel_calls=parallel_calls, prefetch=prefetch)
         remember_dataset(dataset, self)
         return dataset
 

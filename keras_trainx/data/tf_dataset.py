@@ -67,7 +67,6 @@ class _HookedBatches:
 
     def __init__(self, sequence):
         self.sequence = sequence
-        self.workers = sequence.workers
         self._started = False
 
     def __len__(self):
@@ -120,8 +119,8 @@ def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
     if sequence.num_batches is None:
         raise ValueError("sequence must have a finite number of batches (its num_batches is None).")
     told = hasattr(sequence, "start_pass") and hasattr(sequence, "epoch_batch")
-    dataset = batch_dataset(sequence if told else _HookedBatches(sequence), drop_remainder=drop_remainder,
-                            prefetch=prefetch)
+    dataset = batch_dataset(sequence if told else _HookedBatches(sequence), parallel_calls=sequence.workers,
+                            drop_remainder=drop_remainder, prefetch=prefetch)
     if hasattr(sequence, "epoch_callback"):
         from keras_trainx.data.epochs import remember_dataset
 
@@ -129,13 +128,14 @@ def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
     return dataset
 
 
-def batch_dataset(source, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
+def batch_dataset(source, *, parallel_calls=1, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
     """The `tf.data.Dataset` of a batch source: one pass per iteration, batches built on request.
 
     Args:
-        source: an object with `len(source)` batches, `workers` (batches built at once),
-            `start_pass() -> int` (called before the first batch of each pass; returns the pass's
-            epoch) and `epoch_batch(epoch, index)` (thread-safe when `workers > 1`).
+        source: an object with `len(source)` batches, `start_pass() -> int` (called before the first
+            batch of each pass; returns the pass's epoch) and `epoch_batch(epoch, index)`
+            (thread-safe when `parallel_calls > 1`).
+        parallel_calls: batch requests in flight at once.
         drop_remainder, prefetch: as in `to_tf_dataset`.
 
     Returns:
@@ -192,8 +192,8 @@ def batch_dataset(source, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
     # One numpy_function per pass chooses the pass's epoch before any of its batches is requested.
     dataset = tf.data.Dataset.range(1).map(lambda _: tf.numpy_function(start_pass, [], tf.int64, stateful=True))
     dataset = dataset.flat_map(pass_batches)
-    if source.workers > 1:
-        dataset = dataset.map(fetch, num_parallel_calls=source.workers, deterministic=True)
+    if parallel_calls > 1:
+        dataset = dataset.map(fetch, num_parallel_calls=parallel_calls, deterministic=True)
     else:
         dataset = dataset.map(fetch)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
