@@ -12,9 +12,15 @@ from keras_trainx.experiments.report import (
     summarize,
     write_csv,
 )
-from keras_trainx.experiments.warmup import FULL, QUICK, warmup_schedule, warmup_sweep
+from keras_trainx.experiments.warmup import (
+    FULL,
+    QUICK,
+    check_warmup_sweep,
+    warmup_schedule,
+    warmup_sweep,
+)
 
 __all__ = [
-    "COLLAPSE_BELOW", "FULL", "QUICK", "build_cnn", "format_table", "load_digits_standardized",
+    "COLLAPSE_BELOW", "FULL", "QUICK", "build_cnn", "check_warmup_sweep", "format_table", "load_digits_standardized",
     "plot_sweep", "summarize", "warmup_schedule", "warmup_sweep", "write_csv",
 ]

@@ -11,6 +11,8 @@ from keras_trainx.extras import require
 
 #: Seed of the fixed train/test split.
 SPLIT_SEED = 0
+#: Training and test images of the split (of scikit-learn's 1,797 digits).
+TRAIN_SIZE, TEST_SIZE = 1437, 360
 
 
 def load_digits_standardized():
@@ -30,7 +32,7 @@ def load_digits_standardized():
     digits = datasets.load_digits()
     images = digits.images.astype("float64")[..., None]
     x_train, x_test, y_train, y_test = model_selection.train_test_split(
-        images, digits.target, test_size=360, random_state=SPLIT_SEED, stratify=digits.target
+        images, digits.target, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=digits.target
     )
     mean, std = x_train.mean(), x_train.std()
     standardize = lambda x: ((x - mean) / std).astype("float32")  # noqa: E731

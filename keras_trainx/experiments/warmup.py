@@ -11,7 +11,7 @@ fractions of the run.
 
 import time
 
-from keras_trainx.experiments.digits import build_cnn, load_digits_standardized
+from keras_trainx.experiments.digits import TRAIN_SIZE, build_cnn, load_digits_standardized
 from keras_trainx.experiments.progress import ProgressBar
 from keras_trainx.schedules import MultiStepDecay, WarmUp, epochs_to_steps, updates_per_epoch
 from keras_trainx.validation import check_bool, check_choice, check_float, check_int
@@ -65,33 +65,91 @@ def warmup_schedule(batch_size, updates_per_epoch, *, epochs, warmup, base_learn
     )
 
 
-def warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], *, epochs=FULL["epochs"],
-                 micro_batch=64, base_learning_rate=0.1, base_batch_size=8, warmup_epochs=5,
-                 warmup_start=0.01, staircase=False, decay_at=(0.6, 0.85), decay_factor=0.1,
-                 momentum=0.9, weight_decay=5e-4, remainder="apply", progress=True):
+def check_warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], *, epochs=FULL["epochs"],
+                       micro_batch=64, base_learning_rate=0.1, base_batch_size=8, warmup_epochs=5,
+                       warmup_start=0.01, staircase=False, decay_at=(0.6, 0.85), decay_factor=0.1,
+                       momentum=0.9, weight_decay=5e-4, remainder="apply", progress=True):
+    """Checks `warmup_sweep`'s arguments without training; returns them as keyword arguments.
+
+    Raises `TypeError` for a value of the wrong type and `ValueError` for one out of range, naming
+    the argument: a batch size that is not a multiple of `micro_batch`, a warm-up as long as the
+    run or reaching a decay, a `remainder="drop"` run that would make no update, and so on.
+
+    Example:
+
+    >>> from keras_trainx.experiments import check_warmup_sweep
+    >>> check_warmup_sweep([64, 100])
+    Traceback (most recent call last):
+    ...
+    ValueError: `batch_sizes[1]` must be a multiple of micro_batch=64 (the effective batch is micro_batch x accum_steps); received batch_sizes[1]=100.
+    """
+    micro_batch = check_int("micro_batch", micro_batch, minimum=1)
+    batch_sizes = _int_list("batch_sizes", batch_sizes, minimum=micro_batch)
+    for i, batch_size in enumerate(batch_sizes):
+        if batch_size % micro_batch:
+            raise ValueError(
+                f"`batch_sizes[{i}]` must be a multiple of micro_batch={micro_batch} (the effective "
+                f"batch is micro_batch x accum_steps); received batch_sizes[{i}]={batch_size}."
+            )
+    if any(b <= a for a, b in zip(batch_sizes, batch_sizes[1:])):
+        raise ValueError(f"`batch_sizes` must be strictly increasing; received batch_sizes={batch_sizes}.")
+    seeds = _int_list("seeds", seeds, minimum=0)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"`seeds` must be distinct; received seeds={seeds}.")
+    epochs = check_int("epochs", epochs, minimum=1)
+    warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=1, maximum=epochs - 1,
+                              hint="The warm-up must end before the run does.")
+    remainder = check_choice("remainder", remainder, ("apply", "drop"))
+    for batch_size in batch_sizes:
+        updates_per_epoch(TRAIN_SIZE, micro_batch, accum_steps=batch_size // micro_batch,
+                          remainder=remainder)
+    return {
+        "batch_sizes": batch_sizes,
+        "seeds": seeds,
+        "epochs": epochs,
+        "micro_batch": micro_batch,
+        "base_learning_rate": check_float("base_learning_rate", base_learning_rate, minimum=0.0,
+                                          exclusive_minimum=True),
+        "base_batch_size": check_int("base_batch_size", base_batch_size, minimum=1),
+        "warmup_epochs": warmup_epochs,
+        "warmup_start": check_float("warmup_start", warmup_start, minimum=0.0, maximum=1.0,
+                                    exclusive_minimum=True),
+        "staircase": check_bool("staircase", staircase),
+        "decay_at": _check_decay_at(decay_at, warmup_epochs, epochs),
+        "decay_factor": check_float("decay_factor", decay_factor, minimum=0.0, maximum=1.0,
+                                    exclusive_minimum=True),
+        "momentum": check_float("momentum", momentum, minimum=0.0, maximum=1.0, exclusive_maximum=True),
+        "weight_decay": check_float("weight_decay", weight_decay, minimum=0.0),
+        "remainder": remainder,
+        "progress": check_bool("progress", progress),
+    }
+
+
+def warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], **options):
     """Trains the digits CNN at each effective batch size, with and without warm-up, per seed.
 
     Each run: `keras.utils.set_random_seed(seed)`, a fresh `build_cnn()`, `SGD(schedule, momentum,
-    weight_decay)`, `fit_accumulated(batch_size=micro_batch, accum_steps=B // micro_batch,
-    remainder=remainder, epochs=epochs)` on the 1,437 training digits, then the test accuracy on
-    the 360 others. Every argument is checked before the first run.
+    weight_decay)` with the schedule of `warmup_schedule`, `fit_accumulated(batch_size=micro_batch,
+    accum_steps=B // micro_batch, remainder=remainder, epochs=epochs)` on the 1,437 training
+    digits, then the test accuracy on the 360 others. Every argument is checked (by
+    `check_warmup_sweep`) before the first run.
 
     Args:
         batch_sizes: effective batch sizes, multiples of `micro_batch`, strictly increasing.
         seeds: distinct ints >= 0.
-        epochs: epochs per run.
-        micro_batch: the micro-batch size (what BatchNorm sees).
-        base_learning_rate, base_batch_size: peak rate = `base_learning_rate * B / base_batch_size`.
-        warmup_epochs: int >= 1, shorter than the run and ending before the first decay.
-        warmup_start: fraction of the peak where the warm-up starts, in (0, 1].
-        staircase: raise the warm-up rate once per epoch instead of at every update.
+        epochs: epochs per run (default 60).
+        micro_batch: the micro-batch size, what BatchNorm sees (default 64).
+        base_learning_rate, base_batch_size: peak rate = `base_learning_rate * B / base_batch_size`
+            (defaults 0.1 and 8).
+        warmup_epochs: int >= 1, shorter than the run and ending before the first decay (default 5).
+        warmup_start: fraction of the peak where the warm-up starts, in (0, 1] (default 0.01).
+        staircase: raise the warm-up rate once per epoch instead of at every update (default False).
         decay_at: strictly increasing fractions of the run in (0, 1) where the rate is multiplied
-            by `decay_factor`.
-        decay_factor: in (0, 1].
-        momentum: SGD momentum in [0, 1).
-        weight_decay: SGD weight decay >= 0.
-        remainder: `fit_accumulated`'s `remainder`, `"apply"` or `"drop"`.
-        progress: write a progress bar to stderr.
+            by `decay_factor` (defaults (0.6, 0.85) and 0.1).
+        momentum: SGD momentum in [0, 1) (default 0.9).
+        weight_decay: SGD weight decay >= 0 (default 5e-4).
+        remainder: `fit_accumulated`'s `remainder`, `"apply"` (default) or `"drop"`.
+        progress: write a progress bar to stderr (default True).
 
     Returns:
         A list of dicts, one per run, in the order run: `batch_size`, `accum_steps`, `warmup`
@@ -105,30 +163,10 @@ def warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], *, epochs
     >>> [(r["batch_size"], r["accum_steps"], r["warmup"], r["updates"]) for r in rows]
     [(128, 2, True, 24), (128, 2, False, 24)]
     """
-    batch_sizes, seeds = _check_sweep(batch_sizes, seeds, micro_batch)
-    epochs = check_int("epochs", epochs, minimum=1)
-    settings = {
-        "base_learning_rate": check_float("base_learning_rate", base_learning_rate, minimum=0.0,
-                                          exclusive_minimum=True),
-        "base_batch_size": check_int("base_batch_size", base_batch_size, minimum=1),
-        "warmup_epochs": check_int("warmup_epochs", warmup_epochs, minimum=1, maximum=epochs - 1,
-                                   hint="The warm-up must end before the run does."),
-        "warmup_start": check_float("warmup_start", warmup_start, minimum=0.0, maximum=1.0,
-                                    exclusive_minimum=True),
-        "staircase": check_bool("staircase", staircase),
-        "decay_at": _check_decay_at(decay_at, warmup_epochs, epochs),
-        "decay_factor": check_float("decay_factor", decay_factor, minimum=0.0, maximum=1.0,
-                                    exclusive_minimum=True),
-    }
-    momentum = check_float("momentum", momentum, minimum=0.0, maximum=1.0, exclusive_maximum=True)
-    weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
-    remainder = check_choice("remainder", remainder, ("apply", "drop"))
-    progress = check_bool("progress", progress)
-
-    x_train, y_train, x_test, y_test = load_digits_standardized()
-    for batch_size in batch_sizes:  # "drop" with fewer micro-batches than a window: refuse now
-        updates_per_epoch(len(x_train), micro_batch, accum_steps=batch_size // micro_batch,
-                          remainder=remainder)
+    options = check_warmup_sweep(batch_sizes, seeds, **options)
+    batch_sizes, seeds = options.pop("batch_sizes"), options.pop("seeds")
+    progress = options.pop("progress")
+    data = load_digits_standardized()
     runs = [(b, w, s) for b in batch_sizes for s in seeds for w in (True, False)]
     bar = ProgressBar(len(runs)) if progress else None
     rows = []
@@ -136,15 +174,14 @@ def warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], *, epochs
         label = f"B={batch_size} {'warm-up' if warmup else 'no warm-up'} seed {seed}"
         if bar:
             bar.start(label)
-        rows.append(_train(batch_size, warmup, seed, (x_train, y_train, x_test, y_test), epochs,
-                           micro_batch, momentum, weight_decay, remainder, settings))
+        rows.append(_train(batch_size, warmup, seed, data, **options))
         if bar:
             bar.finish(f"{label}: test accuracy {rows[-1]['test_accuracy']:.3f}")
     return rows
 
 
-def _train(batch_size, warmup, seed, data, epochs, micro_batch, momentum, weight_decay, remainder,
-           settings):
+def _train(batch_size, warmup, seed, data, *, epochs, micro_batch, momentum, weight_decay, remainder,
+           **settings):
     import keras
 
     import keras_trainx
@@ -178,23 +215,6 @@ def _train(batch_size, warmup, seed, data, epochs, micro_batch, momentum, weight
         "test_accuracy": float(accuracy),
         "seconds": time.monotonic() - began,
     }
-
-
-def _check_sweep(batch_sizes, seeds, micro_batch):
-    micro_batch = check_int("micro_batch", micro_batch, minimum=1)
-    batch_sizes = _int_list("batch_sizes", batch_sizes, minimum=micro_batch)
-    for i, batch_size in enumerate(batch_sizes):
-        if batch_size % micro_batch:
-            raise ValueError(
-                f"`batch_sizes[{i}]` must be a multiple of micro_batch={micro_batch} (the effective "
-                f"batch is micro_batch x accum_steps); received batch_sizes[{i}]={batch_size}."
-            )
-    if any(b <= a for a, b in zip(batch_sizes, batch_sizes[1:])):
-        raise ValueError(f"`batch_sizes` must be strictly increasing; received batch_sizes={batch_sizes}.")
-    seeds = _int_list("seeds", seeds, minimum=0)
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"`seeds` must be distinct; received seeds={seeds}.")
-    return batch_sizes, seeds
 
 
 def _int_list(name, values, minimum):
