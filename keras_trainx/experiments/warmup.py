@@ -19,7 +19,7 @@ from keras_trainx.validation import check_bool, check_choice, check_float, check
 #: The full sweep (the README's table): fine steps where no-warm-up training breaks down.
 FULL = {"batch_sizes": (64, 128, 256, 320, 384, 448, 512, 768, 1024), "seeds": (0, 1, 2), "epochs": 60}
 #: A few minutes on 2 cores: a small batch, one in the window where warm-up matters, one too large.
-QUICK = {"batch_sizes": (64, 384, 1024), "seeds": (0,), "epochs": 20}
+QUICK = {"batch_sizes": (64, 384, 1024), "seeds": (0,), "epochs": 30}
 
 
 def warmup_schedule(batch_size, updates_per_epoch, *, epochs, warmup, base_learning_rate=0.1,
@@ -218,16 +218,18 @@ def _train(batch_size, warmup, seed, data, *, epochs, micro_batch, momentum, wei
 
 
 def _int_list(name, values, minimum):
-    if not isinstance(values, (list, tuple)) or not values:
-        raise TypeError(f"`{name}` must be a non-empty list of ints; received {name}={values!r}.")
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"`{name}` must be a list of ints; received {name}={values!r}.")
+    if not values:
+        raise ValueError(f"`{name}` must not be empty; received {name}={values!r}.")
     return [check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values)]
 
 
 def _check_decay_at(decay_at, warmup_epochs, epochs):
-    if not isinstance(decay_at, (list, tuple)) or not decay_at:
-        raise TypeError(
-            f"`decay_at` must be a non-empty list of fractions of the run; received decay_at={decay_at!r}."
-        )
+    if not isinstance(decay_at, (list, tuple)):
+        raise TypeError(f"`decay_at` must be a list of fractions of the run; received decay_at={decay_at!r}.")
+    if not decay_at:
+        raise ValueError(f"`decay_at` must not be empty; received decay_at={decay_at!r}.")
     fractions = [check_float(f"decay_at[{i}]", f, minimum=0.0, maximum=1.0, exclusive_minimum=True,
                              exclusive_maximum=True) for i, f in enumerate(decay_at)]
     if any(b <= a for a, b in zip(fractions, fractions[1:])):
