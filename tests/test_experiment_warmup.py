@@ -4,6 +4,8 @@ reports (table, CSV, plot, progress bar) and the `experiment warmup` sub-command
 import argparse
 import csv
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -223,3 +225,16 @@ def test_cli_runs_a_short_sweep_and_writes_the_table_csv_and_plot(tmp_path, caps
         assert [(r["batch_size"], r["warmup"], r["updates"]) for r in csv.DictReader(file)] == [
             ("128", "True", "24"), ("128", "False", "24")]
     assert (tmp_path / "out" / "warmup_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_imports_without_scikit_learn_and_matplotlib_and_names_the_extra_when_used(monkeypatch):
+    code = ("import sys; sys.modules['sklearn'] = None; sys.modules['matplotlib'] = None; "
+            "import keras_trainx.experiments, keras_trainx.cli_experiment; print('imported')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "imported", result.stderr
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match=r"pip install 'keras_trainx\[demo\]'"):
+        warmup_sweep([64], [0], epochs=2, warmup_epochs=1, decay_at=[0.75], progress=False)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"pip install 'keras_trainx\[plot\]'"):
+        plot_sweep(ROWS)
