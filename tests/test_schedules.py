@@ -165,6 +165,7 @@ ALL_SCHEDULES = [
     WarmUp(keras.optimizers.schedules.CosineDecay(0.1, 50, alpha=0.1), 10, 0.01, "exponential", False),
     WarmUp(WarmUp(MultiStepDecay(0.5, [5, 9], 0.2), 3), 2, 0.0),
     WarmUp(0.3, 5),
+    WarmUp(MultiStepDecay(0.5, [8]), 6, 0.0, "exponential", False, initial_fraction=0.1, staircase_steps=3),
     CosineAnnealingWarmupRestarts(10, 2.0, 0.2, 0.002, 3, 0.7),
     MultiStepDecay(0.1, [4, 8], 0.3),
     OneCycle(0.2, 30, 0.4, 10.0, 100.0, "linear"),
@@ -220,6 +221,10 @@ FIT_CASES = [
     (WarmUp(MultiStepDecay(0.1, [3, 7], 0.5), 4, 0.001, "exponential"),
      [0.001 * 100 ** (s / 4) for s in range(4)] + TORCH_MULTISTEP),
     (OneCycle(1.0, 10, 0.25, 10.0, 100.0, "linear"), TORCH_ONECYCLE_LINEAR),
+    # from 1% of the peak, once every 2 updates, then the milestone at the absolute step 6
+    (WarmUp(MultiStepDecay(0.4, [6], 0.5), 4, mode="exponential", offset=False, initial_fraction=0.01,
+            staircase_steps=2),
+     [0.004, 0.004, 0.04, 0.04, 0.4, 0.4, 0.2, 0.2]),
 ]
 
 

@@ -5,9 +5,11 @@ package `keras_trainx` and works inside `model.fit` with and without `jit_compil
 """
 
 from keras_trainx.schedules.cosine_restarts import CosineAnnealingWarmupRestarts
+from keras_trainx.schedules.epochs import epochs_to_steps, updates_per_epoch
 from keras_trainx.schedules.multi_step import MultiStepDecay
 from keras_trainx.schedules.one_cycle import OneCycle
 from keras_trainx.schedules.plotting import plot, values
 from keras_trainx.schedules.warmup import WarmUp
 
 __all__ = ["CosineAnnealingWarmupRestarts", "MultiStepDecay", "OneCycle", "WarmUp", "plot", "values"]
+__all__ += ["epochs_to_steps", "updates_per_epoch"]

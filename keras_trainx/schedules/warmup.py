@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_trainx.validation import check_float, check_int
+from keras_trainx.validation import check_bool, check_choice, check_float, check_int
 
 _MODES = ("linear", "exponential")
 
@@ -12,15 +12,18 @@ _MODES = ("linear", "exponential")
 class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     """Ramps the learning rate up for `warmup_steps` updates, then hands over to `after`.
 
-    With `target = after(0)` (or `after` itself when it is a float):
+    With `target = after(0)` (or `after` itself when it is a float), `start = initial_learning_rate`
+    or, if `initial_fraction` is given, `start = initial_fraction * target`:
 
     ```python
     def learning_rate(step):
         if step < warmup_steps:
+            if staircase_steps:                      # hold each value for staircase_steps updates
+                step = (step // staircase_steps) * staircase_steps
             fraction = step / warmup_steps
             if mode == "linear":
-                return initial_learning_rate + (target - initial_learning_rate) * fraction
-            return initial_learning_rate * (target / initial_learning_rate) ** fraction
+                return start + (target - start) * fraction
+            return start * (target / start) ** fraction
         return after(step - warmup_steps) if offset else after(step)
     ```
 
@@ -28,15 +31,32 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     `after` is serialized as a Keras object: a `WarmUp` around any registered schedule (ours or
     Keras') saves and loads with the optimizer.
 
+    **Which `offset`?** The default, `offset=True`, delays `after` by the warm-up: a decay stated as
+    a length (`CosineDecay(decay_steps=total - warmup)`, `PolynomialDecay`) then runs in full after
+    the ramp, as Keras' own `CosineDecay(warmup_steps=...)`, Hugging Face's
+    `get_cosine_schedule_with_warmup` and PyTorch's `SequentialLR` do. A schedule stated at
+    absolute steps (`MultiStepDecay` milestones, `PiecewiseConstantDecay` boundaries, "divide by 10
+    at epochs 60 and 85") wants `offset=False`, which leaves those steps where they are; with
+    `offset=True` they would move later by `warmup_steps`.
+
     Args:
         after: The schedule that follows the warm-up (any `LearningRateSchedule`) or a constant
             learning rate (a Python float).
         warmup_steps: Python int >= 0. Number of updates spent warming up; 0 means no warm-up.
+            `keras_trainx.schedules.epochs_to_steps` converts epochs.
         initial_learning_rate: Python float >= 0. The learning rate of the first update.
-        mode: `"linear"`, or `"exponential"` for a log-linear (geometric) ramp, which needs
-            `initial_learning_rate > 0`.
-        offset: If `True`, `after` starts counting at the end of the warm-up (`after(step -
-            warmup_steps)`); if `False` it sees the optimizer step itself (`after(step)`).
+        mode: `"linear"`, or `"exponential"` for a log-linear (geometric) ramp, which needs a
+            start > 0.
+        offset: If `True` (default), `after` starts counting at the end of the warm-up
+            (`after(step - warmup_steps)`); if `False` it sees the optimizer step itself
+            (`after(step)`).
+        initial_fraction: Python float in [0, 1], or `None` (default). If given, the first
+            update's learning rate is this fraction of `target` (e.g. 0.01: start at 1% of the
+            peak, whatever the peak), instead of `initial_learning_rate`, which must then be left
+            at 0.
+        staircase_steps: Python int in [1, warmup_steps], or `None` (default: the rate changes at
+            every update). If given, the warm-up rate changes only every `staircase_steps` updates;
+            with `staircase_steps = updates_per_epoch(...)` it rises once per epoch.
 
     Example:
 
@@ -45,9 +65,21 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     >>> schedule = keras_trainx.schedules.WarmUp(decay, warmup_steps=100)
     >>> [round(float(schedule(s)), 4) for s in (0, 50, 100, 1000)]
     [0.0, 0.05, 0.1, 0.0]
+
+    The large-batch recipe of Goyal et al. with 4 updates per epoch: from 1% of the peak,
+    x10**0.4 once per epoch for 5 epochs, divided by 10 at epochs 60 and 85 (absolute):
+
+    >>> from keras_trainx.schedules import MultiStepDecay, WarmUp, epochs_to_steps
+    >>> peak, per_epoch = 3.2, 4
+    >>> schedule = WarmUp(MultiStepDecay(peak, epochs_to_steps([60, 85], per_epoch)),
+    ...                   warmup_steps=epochs_to_steps(5, per_epoch), mode="exponential",
+    ...                   initial_fraction=0.01, staircase_steps=per_epoch, offset=False)
+    >>> [round(float(schedule(s)), 4) for s in (0, 3, 4, 8, 19, 20, 239, 240, 340)]
+    [0.032, 0.032, 0.0804, 0.2019, 1.2739, 3.2, 3.2, 0.32, 0.032]
     """
 
-    def __init__(self, after, warmup_steps, initial_learning_rate=0.0, mode="linear", offset=True):
+    def __init__(self, after, warmup_steps, initial_learning_rate=0.0, mode="linear", offset=True,
+                 initial_fraction=None, staircase_steps=None):
         super().__init__()
         if isinstance(after, dict):
             raise TypeError(
@@ -56,21 +88,36 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
             )
         if not isinstance(after, keras.optimizers.schedules.LearningRateSchedule):
             after = check_float("after", after, minimum=0.0)
-        if mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {_MODES}; received mode={mode!r}.")
+        warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        mode = check_choice("mode", mode, _MODES)
         initial_learning_rate = check_float("initial_learning_rate", initial_learning_rate, minimum=0.0)
-        if mode == "exponential" and initial_learning_rate <= 0.0:
+        if initial_fraction is not None:
+            initial_fraction = check_float("initial_fraction", initial_fraction, minimum=0.0, maximum=1.0)
+            if initial_learning_rate != 0.0:
+                raise ValueError(
+                    "Pass either `initial_learning_rate` (absolute) or `initial_fraction` (of the "
+                    f"peak), not both; received initial_learning_rate={initial_learning_rate}, "
+                    f"initial_fraction={initial_fraction}."
+                )
+        start, start_name = ((initial_fraction, "initial_fraction") if initial_fraction is not None
+                             else (initial_learning_rate, "initial_learning_rate"))
+        if mode == "exponential" and start <= 0.0:
             raise ValueError(
-                "`initial_learning_rate` must be > 0 with mode='exponential' (a geometric ramp cannot "
-                f"start at 0); received initial_learning_rate={initial_learning_rate}."
+                f"`{start_name}` must be > 0 with mode='exponential' (a geometric ramp cannot "
+                f"start at 0); received {start_name}={start}."
             )
-        if not isinstance(offset, bool):
-            raise TypeError(f"`offset` must be True or False; received offset={offset!r}.")
+        if staircase_steps is not None:
+            staircase_steps = check_int(
+                "staircase_steps", staircase_steps, minimum=1, maximum=max(warmup_steps, 1),
+                hint="A stair cannot be longer than the warm-up (`warmup_steps`).",
+            )
         self.after = after
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        self.warmup_steps = warmup_steps
         self.initial_learning_rate = initial_learning_rate
         self.mode = mode
-        self.offset = offset
+        self.offset = check_bool("offset", offset)
+        self.initial_fraction = initial_fraction
+        self.staircase_steps = staircase_steps
 
     def _after(self, step):
         if isinstance(self.after, float):
@@ -83,8 +130,14 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         after_step = ops.maximum(step - warmup_steps, 0) if self.offset else step
         decayed = self._after(after_step)
         target = self._after(ops.zeros_like(step))
-        initial = ops.convert_to_tensor(self.initial_learning_rate, "float32")
-        fraction = ops.cast(step, "float32") / max(self.warmup_steps, 1)
+        if self.initial_fraction is None:
+            initial = ops.convert_to_tensor(self.initial_learning_rate, "float32")
+        else:
+            initial = self.initial_fraction * target
+        progress = ops.cast(step, "float32")
+        if self.staircase_steps is not None:
+            progress = ops.floor(progress / self.staircase_steps) * self.staircase_steps
+        fraction = progress / max(self.warmup_steps, 1)
         if self.mode == "linear":
             warming = initial + (target - initial) * fraction
         else:
@@ -98,6 +151,8 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
             "initial_learning_rate": self.initial_learning_rate,
             "mode": self.mode,
             "offset": self.offset,
+            "initial_fraction": self.initial_fraction,
+            "staircase_steps": self.staircase_steps,
         }
 
     @classmethod

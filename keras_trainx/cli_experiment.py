@@ -1,0 +1,104 @@
+"""`keras-trainx experiment warmup`: the warm-up sweep at large effective batch, on the digits.
+
+Sweeps effective batch sizes x {warm-up, none} x seeds with `fit_accumulated`, prints the table in
+the article's form (test accuracy with / without warm-up), and writes `warmup_sweep.csv` and
+`warmup_sweep.png` (accuracy vs batch size, log2 axis) into the output directory.
+"""
+
+import argparse
+import os
+import time
+
+EXAMPLES = """examples:
+  keras-trainx experiment warmup --quick              # 6 runs, a few minutes on 2 cores
+  keras-trainx experiment warmup                      # the README's table: 54 runs
+  keras-trainx experiment warmup --batch-sizes 256,384,512 --seeds 0,1 --staircase
+"""
+
+
+def register(subparsers):
+    """Adds `experiment` (with its sub-command `warmup`) to the `keras-trainx` sub-commands."""
+    from keras_trainx.experiments import FULL, QUICK
+
+    experiment = subparsers.add_parser(
+        "experiment", help="run an experiment on the bundled digits and report it",
+        description="Experiments that run on a CPU with scikit-learn's bundled digits.",
+    )
+    experiments = experiment.add_subparsers(dest="experiment", required=True)
+    warmup = experiments.add_parser(
+        "warmup", help="test accuracy vs effective batch size, with and without LR warm-up",
+        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sizes = lambda preset: ",".join(map(str, preset["batch_sizes"]))  # noqa: E731
+    warmup.add_argument("--quick", action="store_true",
+                        help=f"the quick sweep: batch sizes {sizes(QUICK)}, seeds "
+                             f"{','.join(map(str, QUICK['seeds']))}, {QUICK['epochs']} epochs "
+                             f"(default: batch sizes {sizes(FULL)}, seeds "
+                             f"{','.join(map(str, FULL['seeds']))}, {FULL['epochs']} epochs)")
+    warmup.add_argument("--batch-sizes", type=_int_list,
+                        help="comma-separated effective batch sizes, multiples of 64 (overrides the preset)")
+    warmup.add_argument("--seeds", type=_int_list, help="comma-separated seeds (overrides the preset)")
+    warmup.add_argument("--epochs", type=int, help="epochs per run (overrides the preset)")
+    warmup.add_argument("--warmup-epochs", type=int, default=5, help="warm-up length in epochs (default 5)")
+    warmup.add_argument("--staircase", action="store_true",
+                        help="raise the warm-up rate once per epoch, as in the article (default: every update)")
+    warmup.add_argument("--remainder", choices=("apply", "drop"), default="apply",
+                        help="fit_accumulated's remainder for the short last window (default apply)")
+    warmup.add_argument("--output-dir", default="keras_trainx_warmup",
+                        help="where the CSV and the plot go (default ./keras_trainx_warmup)")
+    warmup.add_argument("--no-plot", action="store_true", help="write no plot (no matplotlib needed)")
+    warmup.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    warmup.set_defaults(func=run, usage_error=warmup.error)
+
+
+def run(args):
+    """Checks every argument, runs the sweep, prints the table, writes the CSV and the plot."""
+    from keras_trainx.experiments import QUICK, FULL, check_warmup_sweep, format_table, plot_sweep, write_csv
+    from keras_trainx.extras import require
+
+    preset = QUICK if args.quick else FULL
+    try:
+        options = check_warmup_sweep(
+            args.batch_sizes or preset["batch_sizes"], args.seeds or preset["seeds"],
+            epochs=args.epochs if args.epochs is not None else preset["epochs"],
+            warmup_epochs=args.warmup_epochs, staircase=args.staircase, remainder=args.remainder,
+            progress=not args.no_progress,
+        )
+    except (TypeError, ValueError) as error:
+        args.usage_error(str(error))
+    require("sklearn", "keras-trainx experiment warmup")
+    if not args.no_plot:
+        require("matplotlib", "keras-trainx experiment warmup's plot (or pass --no-plot)")
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    from keras_trainx.experiments import warmup_sweep
+
+    runs = len(options["batch_sizes"]) * len(options["seeds"]) * 2
+    print(f"warm-up sweep: {runs} runs of {options['epochs']} epochs on the digits, micro-batch "
+          f"{options['micro_batch']}, peak lr = {options['base_learning_rate']:g} x B / "
+          f"{options['base_batch_size']}, warm-up {options['warmup_epochs']} epochs from "
+          f"{options['warmup_start']:g} of the peak, /10 at {_percent(options['decay_at'])} of the run",
+          flush=True)
+    began = time.monotonic()
+    rows = warmup_sweep(**options)
+    print(format_table(rows))
+    csv_path = os.path.join(args.output_dir, "warmup_sweep.csv")
+    write_csv(rows, csv_path)
+    print(f"wrote {csv_path}")
+    if not args.no_plot:
+        png_path = os.path.join(args.output_dir, "warmup_sweep.png")
+        plot_sweep(rows).savefig(png_path, dpi=120)
+        print(f"wrote {png_path}")
+    print(f"{runs} runs in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+def _int_list(text):
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _percent(fractions):
+    return " and ".join(f"{100 * f:g}%" for f in fractions)
