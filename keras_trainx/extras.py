@@ -18,8 +18,13 @@ EXTRA_OF_MODULE = {
 }
 
 
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 def require(module_name: str, purpose: str) -> ModuleType:
-    """Imports and returns `module_name`, or raises `ImportError` naming the extra to install.
+    """Imports and returns `module_name`, or raises `MissingExtraError` (an `ImportError`) naming
+    the extra to install.
 
     Args:
         module_name: the importable name, a key of `EXTRA_OF_MODULE` (or a submodule of one).
@@ -35,7 +40,7 @@ def require(module_name: str, purpose: str) -> ModuleType:
     except ImportError as error:
         extra = EXTRA_OF_MODULE.get(module_name.split(".")[0])
         install = f"pip install 'keras_trainx[{extra}]'" if extra else f"pip install {module_name}"
-        raise ImportError(
+        raise MissingExtraError(
             f"{purpose} needs the optional package {module_name!r}, which is not installed: "
             f"{install}"
         ) from error

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_trainx import cli_experiment, schedules
+from keras_trainx import cli, schedules
+from keras_trainx.cli import experiment as cli_experiment
 from keras_trainx.experiments import (
     check_warmup_sweep,
     format_table,
@@ -197,14 +198,17 @@ def _parser():
         (["--epochs", "5", "--warmup-epochs", "5"], "`warmup_epochs`"),
         (["--epochs", "0"], "`epochs` must be an int >= 1"),
         (["--remainder", "keep"], "invalid choice"),
+        (["--output-dir", __file__], "is a file; name a folder"),
     ],
 )
 def test_cli_usage_mistakes_exit_2_before_training(no_training, argv, words, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        args = _parser().parse_args(["experiment", "warmup", *argv])
-        args.func(args)
-    assert exit_info.value.code == 2
-    assert words in capsys.readouterr().err
+    try:
+        status = cli.main(["experiment", "warmup", *argv])
+    except SystemExit as exit_info:  # argparse's own checks
+        status = exit_info.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
 
 
 def test_cli_help_names_the_presets_and_examples(capsys):
@@ -229,7 +233,7 @@ def test_cli_runs_a_short_sweep_and_writes_the_table_csv_and_plot(tmp_path, caps
 
 def test_imports_without_scikit_learn_and_matplotlib_and_names_the_extra_when_used(monkeypatch):
     code = ("import sys; sys.modules['sklearn'] = None; sys.modules['matplotlib'] = None; "
-            "import keras_trainx.experiments, keras_trainx.cli_experiment; print('imported')")
+            "import keras_trainx.experiments, keras_trainx.cli.experiment; print('imported')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.strip() == "imported", result.stderr
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)

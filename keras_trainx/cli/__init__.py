@@ -1,18 +1,20 @@
-"""The `keras-trainx` command line: `demo`, `inspect MODEL`, `plot-schedule`.
+"""The `keras-trainx` command line: `demo`, `inspect MODEL`, `plot-schedule`, `experiment warmup`.
 
 Each subcommand is a module of this package with `register(subparsers)` (adds its parser and sets
 `func=run`) and `run(args) -> int`. Usage mistakes exit with status 2 (argparse), failures the user
-can act on with status 1 and one line on stderr (`CommandError`), never a traceback. The library
+can act on (`CommandError`, or a missing optional package: `MissingExtraError`) with status 1 and
+one line on stderr, never a traceback. The library
 never imports this package.
 """
 
 import argparse
 import sys
 
-from keras_trainx.cli import demo, inspect, plot_schedule
+from keras_trainx.cli import demo, experiment, inspect, plot_schedule
 from keras_trainx.cli.errors import CommandError
+from keras_trainx.extras import MissingExtraError
 
-SUBCOMMANDS = (demo, inspect, plot_schedule)
+SUBCOMMANDS = (demo, inspect, plot_schedule, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as error:
         print(f"keras-trainx {args.command}: error: {error}", file=sys.stderr)
         return error.status
+    except MissingExtraError as error:
+        print(f"keras-trainx {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

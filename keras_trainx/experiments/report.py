@@ -27,7 +27,7 @@ def summarize(rows):
     >>> summarize(rows)[0]["with_warmup"], summarize(rows)[0]["without_warmup"]
     ([0.9, 0.7], [0.8, nan])
     """
-    groups = {}
+    groups: dict = {}
     for row in rows:
         group = groups.setdefault(row["batch_size"], {"runs": {}, "row": row})
         group["runs"][(row["warmup"], row["seed"])] = row["test_accuracy"]

@@ -9,6 +9,8 @@ import argparse
 import os
 import time
 
+from keras_trainx.cli.errors import CommandError
+
 EXAMPLES = """examples:
   keras-trainx experiment warmup --quick              # 6 runs, a few minutes on 2 cores
   keras-trainx experiment warmup                      # the README's table: 54 runs
@@ -16,7 +18,7 @@ EXAMPLES = """examples:
 """
 
 
-def register(subparsers):
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `experiment` (with its sub-command `warmup`) to the `keras-trainx` sub-commands."""
     from keras_trainx.experiments import FULL, QUICK
 
@@ -29,12 +31,8 @@ def register(subparsers):
         "warmup", help="test accuracy vs effective batch size, with and without LR warm-up",
         description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sizes = lambda preset: ",".join(map(str, preset["batch_sizes"]))  # noqa: E731
     warmup.add_argument("--quick", action="store_true",
-                        help=f"the quick sweep: batch sizes {sizes(QUICK)}, seeds "
-                             f"{','.join(map(str, QUICK['seeds']))}, {QUICK['epochs']} epochs "
-                             f"(default: batch sizes {sizes(FULL)}, seeds "
-                             f"{','.join(map(str, FULL['seeds']))}, {FULL['epochs']} epochs)")
+                        help=f"the quick sweep: {_describe(QUICK)} (default: {_describe(FULL)})")
     warmup.add_argument("--batch-sizes", type=_int_list,
                         help="comma-separated effective batch sizes, multiples of 64 (overrides the preset)")
     warmup.add_argument("--seeds", type=_int_list, help="comma-separated seeds (overrides the preset)")
@@ -48,10 +46,10 @@ def register(subparsers):
                         help="where the CSV and the plot go (default ./keras_trainx_warmup)")
     warmup.add_argument("--no-plot", action="store_true", help="write no plot (no matplotlib needed)")
     warmup.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    warmup.set_defaults(func=run, usage_error=warmup.error)
+    warmup.set_defaults(func=run)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Checks every argument, runs the sweep, prints the table, writes the CSV and the plot."""
     from keras_trainx.experiments import QUICK, FULL, check_warmup_sweep, format_table, plot_sweep, write_csv
     from keras_trainx.extras import require
@@ -65,10 +63,12 @@ def run(args):
             progress=not args.no_progress,
         )
     except (TypeError, ValueError) as error:
-        args.usage_error(str(error))
+        raise CommandError(str(error), status=2) from None
     require("sklearn", "keras-trainx experiment warmup")
     if not args.no_plot:
         require("matplotlib", "keras-trainx experiment warmup's plot (or pass --no-plot)")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise CommandError(f"--output-dir {args.output_dir!r} is a file; name a folder", status=2)
     os.makedirs(args.output_dir, exist_ok=True)
 
     from keras_trainx.experiments import warmup_sweep
@@ -93,12 +93,17 @@ def run(args):
     return 0
 
 
-def _int_list(text):
+def _describe(preset: dict) -> str:
+    return (f"batch sizes {','.join(map(str, preset['batch_sizes']))}, seeds "
+            f"{','.join(map(str, preset['seeds']))}, {preset['epochs']} epochs")
+
+
+def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _percent(fractions):
+def _percent(fractions: list[float]) -> str:
     return " and ".join(f"{100 * f:g}%" for f in fractions)
