@@ -12,12 +12,17 @@
 4. else the default strategy (`tf.distribute.get_strategy()`).
 
 A TPU asked for with `tpu=` that cannot be reached is an error; one found in the environment that
-cannot be reached is passed over, and the log line says why. A `grpc://host:port` address is probed
-before TensorFlow touches it, for at most `probe_timeout` seconds (10 by default): it must accept a
-TCP connection and answer an HTTP/2 (gRPC) connection preface, since TensorFlow would otherwise wait
-forever on an address that accepts TCP but does not speak gRPC, and leave the process unable to pick
-another strategy. The choice is logged as ONE line on the
+cannot be reached is passed over, and the log line says why. The choice is logged as ONE line on the
 `"keras_trainx"` logger (`logging.INFO`), with the replica count.
+
+Every wait is bounded. A `grpc://host:port` TPU address is probed before TensorFlow touches it: a
+TCP connection, then the HTTP/2 greeting every gRPC server sends first, within `probe_timeout`
+seconds (default 10) - an address that accepts connections but stays silent would otherwise block
+`tf.config.experimental_connect_to_cluster` forever, and with it every later TensorFlow call of the
+process. Resolving, connecting to and initializing the TPU then get `connect_timeout` seconds
+(default 300). A probe that fails leaves the process as it was, so the next choice (cluster, GPUs,
+CPU) is made as usual, counting only this machine's devices; a connection that TensorFlow started and
+never finished cannot be undone, and auto_strategy says so instead of falling back.
 
 `global_batch_size`, `scale_learning_rate` and `input_dataset` are what a script needs next: the
 global batch, the linear learning-rate scaling rule, and a `tf.data` input with static shapes (TPUs
@@ -29,6 +34,8 @@ import logging
 import os
 import pathlib
 import socket
+import threading
+import time
 import urllib.parse
 
 import keras
@@ -50,15 +57,17 @@ _PCI_DEVICES = pathlib.Path("/sys/bus/pci/devices")
 _GOOGLE_PCI_VENDOR = "0x1ae0"
 _TPU_PCI_DEVICE_IDS = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
 
-# Seconds to wait for a grpc:// TPU address to accept a connection. Without this check
-# tf.config.experimental_connect_to_cluster waits forever on an address nobody listens on.
-# The client connection preface of HTTP/2 and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5): any
-# gRPC server answers it with a SETTINGS frame of its own.
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-_HTTP2_SETTINGS = 4
+# Port of a TPU node's gRPC server when an address names none.
+_TPU_GRPC_PORT = 8470
+
+# What an HTTP/2 client sends first (RFC 9113, 3.4): the preface, then a SETTINGS frame (empty here).
+# A server's first frame must be a SETTINGS frame (type 0x4); gRPC servers send it at once.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+_HTTP2_FRAME_HEADER_BYTES = 9
+_HTTP2_SETTINGS = 0x4
 
 
-def auto_strategy(tpu=None, *, probe_timeout=10.0):
+def auto_strategy(tpu=None, *, probe_timeout=10.0, connect_timeout=300.0):
     """Returns the `tf.distribute.Strategy` for the hardware this process runs on, and logs it.
 
     See the module docstring for the order of choices. Build and compile the model under the
@@ -69,8 +78,11 @@ def auto_strategy(tpu=None, *, probe_timeout=10.0):
         tpu: `None` (default) to detect a TPU from the environment, or the TPU to use: its name,
             a `"grpc://host:port"` address, or `"local"` for a TPU VM. If given and the TPU cannot
             be reached, `RuntimeError` is raised instead of falling back.
-        probe_timeout: seconds (> 0) a `grpc://host:port` TPU address may take to accept a
-            connection and answer as a gRPC server before it counts as unreachable.
+        probe_timeout: seconds (> 0) a `grpc://` TPU address gets to accept a TCP connection and
+            send its gRPC (HTTP/2) greeting, before TensorFlow is asked to connect to it.
+        connect_timeout: seconds (> 0) TensorFlow gets to resolve, connect to and initialize the
+            TPU. Past it, `RuntimeError` is raised: the unfinished connection blocks TensorFlow in
+            this process, so there is nothing to fall back to; restart without the TPU.
 
     Returns:
         A `tf.distribute.Strategy`: `TPUStrategy`, `MultiWorkerMirroredStrategy`,
@@ -86,31 +98,33 @@ def auto_strategy(tpu=None, *, probe_timeout=10.0):
     >>> strategy.num_replicas_in_sync
     1
     """
-    probe_timeout = check_float("probe_timeout", probe_timeout, minimum=0.0,
-                                exclusive_minimum=True, hint="It bounds the wait for a TPU address.")
-    strategy, name, reason = _select(tpu, probe_timeout)
+    probe_timeout = check_float("probe_timeout", probe_timeout, minimum=0.0, exclusive_minimum=True)
+    connect_timeout = check_float("connect_timeout", connect_timeout, minimum=0.0, exclusive_minimum=True)
+    strategy, name, reason = _select(tpu, probe_timeout, connect_timeout)
     logger.info(
         "auto_strategy: %s with %d replica(s) (%s)", name, strategy.num_replicas_in_sync, reason
     )
     return strategy
 
 
-def _select(tpu, probe_timeout):
+def _select(tpu, probe_timeout, connect_timeout):
     """Returns `(strategy, name, reason)`: the strategy, its public name and why it was chosen."""
     if tpu is not None:
         if not isinstance(tpu, str):
             raise TypeError(
-                f"tpu must be None (detect) or a string: a TPU name, 'grpc://host:port' or "
-                f"'local'; got {type(tpu).__name__} {tpu!r}."
+                f"`tpu` must be None (detect) or a string: a TPU name, 'grpc://host:port' or "
+                f"'local'; received tpu={tpu!r} of type {type(tpu).__name__}."
             )
-        if not tpu:
+        if not tpu.strip():
             raise ValueError(
-                "tpu must not be empty: pass a TPU name, 'grpc://host:port' or 'local', or "
+                "`tpu` must not be empty: pass a TPU name, 'grpc://host:port' or 'local', or "
                 "tpu=None to detect a TPU from the environment."
             )
         try:
-            return (_connect_tpu(tpu, probe_timeout), "TPUStrategy",
-                    f"TPU {tpu!r} from the tpu argument")
+            strategy = _connect_tpu(tpu, probe_timeout, connect_timeout)
+            return strategy, "TPUStrategy", f"TPU {tpu!r} from the tpu argument"
+        except _TensorFlowBlocked:
+            raise
         except Exception as error:
             raise RuntimeError(
                 f"auto_strategy could not reach the TPU given as tpu={tpu!r}: "
@@ -123,7 +137,9 @@ def _select(tpu, probe_timeout):
     if found is not None:
         address, source = found
         try:
-            return _connect_tpu(address, probe_timeout), "TPUStrategy", f"TPU from {source}"
+            return _connect_tpu(address, probe_timeout, connect_timeout), "TPUStrategy", f"TPU from {source}"
+        except _TensorFlowBlocked:
+            raise
         except Exception as error:
             passed_over = f"; TPU from {source} unreachable, passed over: {type(error).__name__}: {error}"
 
@@ -170,38 +186,95 @@ def _tpu_on_this_vm():
     return None
 
 
-def _connect_tpu(address, probe_timeout):
-    """Resolves, connects to and initializes the TPU at `address`; returns its `TPUStrategy`."""
-    _check_grpc_reachable(address, probe_timeout)
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
+class _TensorFlowBlocked(RuntimeError):
+    """TensorFlow started connecting to a TPU and did not finish: this process cannot fall back."""
 
 
-def _check_grpc_reachable(address, timeout):
-    """Raises ConnectionError unless a single `grpc://host:port` address answers as an HTTP/2 server
-    within `timeout` seconds (accepting the connection, then a SETTINGS frame for our preface)."""
-    if not address or not address.startswith("grpc://") or "," in address:
-        return
+def _connect_tpu(address, probe_timeout, connect_timeout):
+    """Probes, resolves, connects to and initializes the TPU at `address`; returns its `TPUStrategy`.
+
+    The probe touches no TensorFlow state. The TensorFlow calls run in a helper thread that is
+    given `connect_timeout` seconds; past it the thread is left blocked and `_TensorFlowBlocked` is
+    raised, unless it was still resolving the name (which holds no TensorFlow lock).
+    """
+    for part in (address or "").split(","):
+        if part.strip().startswith("grpc://"):
+            _probe_grpc(part.strip(), probe_timeout)
+    stage, outcome = ["resolving"], {}
+
+    def connect():
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+            stage[0] = "connecting to"
+            tf.config.experimental_connect_to_cluster(resolver)
+            stage[0] = "initializing"
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            outcome["resolver"] = resolver
+        except Exception as error:  # re-raised in the calling thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=connect, name="keras_trainx-tpu-connect", daemon=True)
+    thread.start()
+    thread.join(connect_timeout)
+    if thread.is_alive():
+        where = f"TPU {address!r}" if address else "the TPU named by TPU_CONFIG"
+        if stage[0] == "resolving":
+            raise TimeoutError(f"resolving {where} took longer than connect_timeout={connect_timeout:g} s")
+        raise _TensorFlowBlocked(
+            f"TensorFlow was still {stage[0]} {where} after connect_timeout={connect_timeout:g} s. "
+            "The unfinished connection blocks TensorFlow in this process, so auto_strategy cannot fall "
+            "back to other devices: restart the process without the TPU (tpu=None and TPU_NAME, "
+            "COLAB_TPU_ADDR, KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS, TPU_CONFIG unset), or with a larger "
+            "connect_timeout if the TPU is just slow to start."
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return tf.distribute.TPUStrategy(outcome["resolver"])
+
+
+def _probe_grpc(address, timeout):
+    """Raises `ConnectionError`/`TimeoutError` unless `grpc://host[:port]` greets like a gRPC server
+    (an HTTP/2 SETTINGS frame) within `timeout` seconds in all."""
     parsed = urllib.parse.urlsplit(address)
-    port = parsed.port or 8470
-    where = f"{parsed.hostname}:{port}"
     try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout) as connection:
-            connection.settimeout(timeout)
-            connection.sendall(_HTTP2_PREFACE)
-            header = connection.recv(9)
-    except socket.timeout:
-        raise ConnectionError(
-            f"{where} accepts connections but sent no gRPC (HTTP/2) answer within {timeout:g} s: "
-            "is it the TPU's gRPC port (8470)? Raise probe_timeout for a slow network."
-        ) from None
+        host, port = parsed.hostname, parsed.port or _TPU_GRPC_PORT
+    except ValueError as error:
+        raise ConnectionError(f"{address!r} is not a valid grpc://host:port address ({error})") from None
+    if not host:
+        raise ConnectionError(f"{address!r} names no host; expected grpc://host:port")
+    deadline = time.monotonic() + timeout
+    try:
+        connection = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise TimeoutError(f"{host}:{port} did not accept a TCP connection within {timeout:g} s") from None
     except OSError as error:
-        raise ConnectionError(f"nothing accepts connections at {where} ({error})") from error
-    if len(header) < 4 or header[3] != _HTTP2_SETTINGS:
+        raise ConnectionError(f"nothing accepts connections at {host}:{port} ({error})") from None
+    header = b""
+    with connection:
+        try:
+            connection.sendall(_HTTP2_PREFACE)
+            while len(header) < _HTTP2_FRAME_HEADER_BYTES:
+                connection.settimeout(max(deadline - time.monotonic(), 1e-3))
+                chunk = connection.recv(_HTTP2_FRAME_HEADER_BYTES - len(header))
+                if not chunk:
+                    break
+                header += chunk
+        except TimeoutError:
+            raise TimeoutError(
+                f"{host}:{port} accepted a TCP connection but sent no gRPC (HTTP/2) greeting within "
+                f"{timeout:g} s; it is not a TPU's gRPC endpoint (port {_TPU_GRPC_PORT} on a TPU node)"
+            ) from None
+        except OSError:  # reset while the greeting was on its way: same as a hang-up
+            header = b""
+    if not header:
         raise ConnectionError(
-            f"{where} answered, but not as a gRPC (HTTP/2) server: is it the TPU's gRPC port (8470)?"
+            f"{host}:{port} closed the connection without a gRPC (HTTP/2) greeting; it is not a TPU's gRPC "
+            f"endpoint (port {_TPU_GRPC_PORT} on a TPU node)"
+        )
+    if len(header) < _HTTP2_FRAME_HEADER_BYTES or header[3] != _HTTP2_SETTINGS:
+        raise ConnectionError(
+            f"{host}:{port} answered, but not as a gRPC server (no HTTP/2 SETTINGS frame); it is not a "
+            f"TPU's gRPC endpoint (port {_TPU_GRPC_PORT} on a TPU node)"
         )
 
 
@@ -227,8 +300,15 @@ def _tf_config_tasks():
 
 
 def _gpu_devices():
-    """Names of this process's logical GPU devices."""
-    return [device.name for device in tf.config.list_logical_devices("GPU")]
+    """Names of this machine's logical GPU devices.
+
+    After a TPU connection that failed half-way, TensorFlow also lists the remote cluster's devices
+    (`/job:worker/...`); those are not ours to mirror over.
+    """
+    return [
+        device.name for device in tf.config.list_logical_devices("GPU")
+        if not device.name.startswith("/job:") or device.name.startswith("/job:localhost/")
+    ]
 
 
 def global_batch_size(per_replica_batch_size, strategy=None):
@@ -251,15 +331,15 @@ def global_batch_size(per_replica_batch_size, strategy=None):
     >>> keras_trainx.distribute.global_batch_size(32, strategy)
     32
     """
-    check_int("per_replica_batch_size", per_replica_batch_size, minimum=1)
+    per_replica_batch_size = check_int("per_replica_batch_size", per_replica_batch_size, minimum=1)
     if strategy is None:
         strategy = tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.Strategy):
         raise TypeError(
-            f"strategy must be a tf.distribute.Strategy or None (the current one); got "
-            f"{type(strategy).__name__}."
+            f"`strategy` must be a tf.distribute.Strategy or None (the current one); received "
+            f"strategy={strategy!r} of type {type(strategy).__name__}."
         )
-    return int(per_replica_batch_size) * strategy.num_replicas_in_sync
+    return per_replica_batch_size * strategy.num_replicas_in_sync
 
 
 def scale_learning_rate(base_learning_rate, global_batch_size, base_batch_size):
@@ -284,8 +364,7 @@ def scale_learning_rate(base_learning_rate, global_batch_size, base_batch_size):
     >>> keras_trainx.distribute.scale_learning_rate(0.1, 8192, 256)
     3.2
     """
-    base_learning_rate = check_float("base_learning_rate", base_learning_rate, minimum=0.0,
-                                     exclusive_minimum=True,
+    base_learning_rate = check_float("base_learning_rate", base_learning_rate, minimum=0.0, exclusive_minimum=True,
                                      hint="It is the rate tuned at base_batch_size.")
     global_batch_size = check_int("global_batch_size", global_batch_size, minimum=1)
     base_batch_size = check_int("base_batch_size", base_batch_size, minimum=1)
@@ -336,8 +415,7 @@ def input_dataset(
     >>> [int(b[1][0]) for b in ds], ds.element_spec[0].shape.as_list()
     ([0, 4], [4, 3])
     """
-    if not isinstance(drop_remainder, bool):
-        raise TypeError(f"drop_remainder must be True or False; got {drop_remainder!r}.")
+    check_bool("drop_remainder", drop_remainder)
     if isinstance(x, keras.utils.PyDataset):
         return _pydataset_input(x, y, batch_size, sample_weight, shuffle, seed, drop_remainder)
     if batch_size is None:
@@ -345,14 +423,12 @@ def input_dataset(
             "batch_size is required for array inputs: pass the global batch size, e.g. "
             "batch_size=keras_trainx.distribute.global_batch_size(32, strategy)."
         )
-    check_int("batch_size", batch_size, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     if sample_weight is not None and y is None:
-        raise ValueError("sample_weight needs y: pass the targets as y, or drop sample_weight.")
-    if shuffle is None:
-        shuffle = True
-    check_bool("shuffle", shuffle, hint="None means True.")
+        raise ValueError("`sample_weight` needs `y`: pass the targets as y, or drop sample_weight.")
+    shuffle = True if shuffle is None else check_bool("shuffle", shuffle, hint="None means True.")
     if seed is not None:
-        check_int("seed", seed, hint="Or None for a random order each time.")
+        seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1, hint="None draws a random order.")
 
     arrays = {
         name: _as_arrays(name, value)

@@ -6,12 +6,10 @@ with them. Unreachable TPU addresses are real (a closed port on 127.0.0.1). The 
 MultiWorkerMirroredStrategy choice is checked with two processes in test_distribute_multiworker.py.
 """
 
-import contextlib
 import json
 import logging
 import socket
 import threading
-import time
 
 import keras
 import numpy as np
@@ -81,56 +79,30 @@ def closed_port():
         return probe.getsockname()[1]
 
 
-def _serve(answer):
-    """A server on 127.0.0.1 that accepts connections and sends `answer` (None: stays silent)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    stop = threading.Event()
-    connections = []
-
-    def accept():
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                continue
-            connections.append(connection)
-            if answer is not None:
-                connection.recv(64)
-                connection.sendall(answer)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    return server, stop, thread, connections
-
-
-@contextlib.contextmanager
-def _port(answer):
-    server, stop, thread, connections = _serve(answer)
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        for connection in connections:
-            connection.close()
-        server.close()
-
-
 @pytest.fixture
 def listening_port():
-    """A port on 127.0.0.1 that answers as an HTTP/2 server (a stand-in TPU gRPC endpoint)."""
-    with _port(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00") as port:
-        yield port
+    """A port on 127.0.0.1 that greets like a gRPC server (a stand-in TPU gRPC endpoint): it sends the
+    HTTP/2 SETTINGS frame auto_strategy's probe waits for (see test_distribute_probes.py)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.1)
+        stop = threading.Event()
 
+        def greet():
+            while not stop.is_set():
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    continue
+                with connection:
+                    connection.sendall(bytes([0, 0, 0, 0x4, 0, 0, 0, 0, 0]))
 
-@pytest.fixture
-def silent_port():
-    """A port on 127.0.0.1 that accepts connections and never answers (not a gRPC server)."""
-    with _port(None) as port:
-        yield port
+        thread = threading.Thread(target=greet, daemon=True)
+        thread.start()
+        yield server.getsockname()[1]
+        stop.set()
+        thread.join()
 
 
 def _choose(caplog, **kwargs):
@@ -171,8 +143,8 @@ def test_explicit_tpu_that_fails_to_initialize_is_an_error(fake_tpu, monkeypatch
 
 @pytest.mark.parametrize(
     "bad, error, message",
-    [("", ValueError, "tpu must not be empty"), (3, TypeError, "tpu must be None"),
-     (["my-tpu"], TypeError, "tpu must be None")],
+    [("", ValueError, "`tpu` must not be empty"), (" ", ValueError, "`tpu` must not be empty"),
+     (3, TypeError, "`tpu` must be None"), (["my-tpu"], TypeError, "`tpu` must be None")],
 )
 def test_tpu_argument_must_be_a_name(bad, error, message):
     with pytest.raises(error, match=message):
@@ -270,13 +242,19 @@ def test_bad_tf_config_is_an_error(monkeypatch, value, message):
 
 
 def test_two_gpus_choose_mirrored_over_them(caplog, monkeypatch):
+    # A recorder: a real MirroredStrategy over GPUs this machine lacks fails once an earlier test of
+    # the session has placed collective ops ("Could not satisfy device specification").
+    class Mirrored:
+        num_replicas_in_sync = 2
+
+        def __init__(self, devices):
+            self.devices = devices
+
+    monkeypatch.setattr(tf.distribute, "MirroredStrategy", Mirrored)
     monkeypatch.setattr(distribute, "_gpu_devices", lambda: ["/device:GPU:0", "/device:GPU:1"])
     strategy, messages = _choose(caplog)
-    assert isinstance(strategy, tf.distribute.MirroredStrategy)
-    assert strategy.extended.worker_devices == (
-        "/job:localhost/replica:0/task:0/device:GPU:0",
-        "/job:localhost/replica:0/task:0/device:GPU:1",
-    )
+    assert isinstance(strategy, Mirrored)
+    assert strategy.devices == ["/device:GPU:0", "/device:GPU:1"]
     assert messages == ["auto_strategy: MirroredStrategy with 2 replica(s) (2 GPUs)"]
 
 
@@ -307,15 +285,19 @@ def test_global_batch_size_multiplies_by_replicas():
         assert distribute.global_batch_size(24) == 48
 
 
-@pytest.mark.parametrize("bad, error", [(0, ValueError), (-4, ValueError), (2.0, TypeError),
-                                        (True, TypeError), (None, TypeError)])
-def test_global_batch_size_rejects_bad_sizes(bad, error):
-    with pytest.raises(error, match="`per_replica_batch_size` must be an int"):
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [(0, ValueError, "must be an int >= 1; received per_replica_batch_size=0"), (-4, ValueError, "must be an int >= 1"),
+     (2.0, TypeError, "must be an int; received"), (True, TypeError, "must be an int"),
+     (None, TypeError, "must be an int")],
+)
+def test_global_batch_size_rejects_bad_sizes(bad, error, message):
+    with pytest.raises(error, match=f"`per_replica_batch_size` {message}"):
         distribute.global_batch_size(bad)
 
 
 def test_global_batch_size_rejects_a_non_strategy():
-    with pytest.raises(TypeError, match="strategy must be a tf.distribute.Strategy"):
+    with pytest.raises(TypeError, match="`strategy` must be a tf.distribute.Strategy"):
         distribute.global_batch_size(8, "mirrored")
 
 
@@ -327,16 +309,14 @@ def test_linear_scaling_rule_matches_goyal_et_al():
 
 
 @pytest.mark.parametrize(
-    "args, error, words",
-    [((0.0, 64, 32), ValueError, "`base_learning_rate` must be a number > 0.0"),
-     ((float("inf"), 64, 32), ValueError, "`base_learning_rate` must be a finite number"),
-     ((float("nan"), 64, 32), ValueError, "`base_learning_rate` must be a finite number"),
-     ((True, 64, 32), TypeError, "`base_learning_rate` must be a number"),
-     ((0.1, 0, 32), ValueError, "`global_batch_size` must be an int >= 1"),
-     ((0.1, 64, 32.0), TypeError, "`base_batch_size` must be an int")],
+    "args, error, name",
+    [((0.0, 64, 32), ValueError, "base_learning_rate"), ((True, 64, 32), TypeError, "base_learning_rate"),
+     ((float("inf"), 64, 32), ValueError, "base_learning_rate"), ((float("nan"), 64, 32), ValueError,
+     "base_learning_rate"), ((0.1, 0, 32), ValueError, "global_batch_size"),
+     ((0.1, 64, 32.0), TypeError, "base_batch_size")],
 )
-def test_scale_learning_rate_rejects_bad_arguments(args, error, words):
-    with pytest.raises(error, match=words):
+def test_scale_learning_rate_rejects_bad_arguments(args, error, name):
+    with pytest.raises(error, match=f"`{name}` must be"):
         distribute.scale_learning_rate(*args)
 
 
@@ -443,9 +423,9 @@ def test_input_dataset_of_a_pydataset_refuses_array_arguments(kwargs, name):
         ({"x": np.zeros(4), "batch_size": 0}, ValueError, "`batch_size` must be an int >= 1"),
         ({"x": np.zeros(4), "batch_size": 8}, ValueError, "batch_size=8 is larger than the 4 samples"),
         ({"x": np.zeros(4), "y": np.zeros(5), "batch_size": 2}, ValueError, "x: 4, y: 5"),
-        ({"x": np.zeros(4), "sample_weight": np.ones(4), "batch_size": 2}, ValueError, "sample_weight needs y"),
-        ({"x": np.zeros(4), "batch_size": 2, "shuffle": 1}, TypeError, "`shuffle` must be True or False"),
-        ({"x": np.zeros(4), "batch_size": 2, "drop_remainder": None}, TypeError, "drop_remainder must be"),
+        ({"x": np.zeros(4), "sample_weight": np.ones(4), "batch_size": 2}, ValueError, "`sample_weight` needs `y`"),
+        ({"x": np.zeros(4), "batch_size": 2, "shuffle": 1}, TypeError, "`shuffle` must be True or False; received shuffle=1 of type int. None means True."),
+        ({"x": np.zeros(4), "batch_size": 2, "drop_remainder": None}, TypeError, "`drop_remainder` must be True or False"),
         ({"x": np.zeros(4), "batch_size": 2, "seed": 1.5}, TypeError, "`seed` must be an int"),
         ({"x": np.float32(1), "batch_size": 2}, ValueError, "x must hold arrays with a sample axis"),
     ],
@@ -453,33 +433,3 @@ def test_input_dataset_of_a_pydataset_refuses_array_arguments(kwargs, name):
 def test_input_dataset_rejects_bad_input(kwargs, error, message):
     with pytest.raises(error, match=message):
         distribute.input_dataset(**kwargs)
-
-
-def test_address_that_accepts_but_does_not_speak_grpc_fails_within_the_probe_timeout(silent_port):
-    start = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"sent no gRPC \(HTTP/2\) answer within 0\.5 s"):
-        distribute.auto_strategy(tpu=f"grpc://127.0.0.1:{silent_port}", probe_timeout=0.5)
-    assert time.monotonic() - start < 5
-
-
-def test_silent_tpu_from_environment_is_passed_over_and_gpus_still_found(caplog, monkeypatch,
-                                                                         silent_port):
-    monkeypatch.setenv("COLAB_TPU_ADDR", f"127.0.0.1:{silent_port}")
-    monkeypatch.setattr(distribute, "_gpu_devices", lambda: ["/device:GPU:0"])
-    class OneDevice:
-        num_replicas_in_sync = 1
-
-        def __init__(self, device):
-            self.device = device
-
-    monkeypatch.setattr(tf.distribute, "OneDeviceStrategy", OneDevice)
-    strategy, messages = _choose(caplog, probe_timeout=0.5)
-    assert isinstance(strategy, OneDevice) and strategy.device == "/gpu:0"
-    assert "passed over: ConnectionError" in messages[0] and "0.5 s" in messages[0]
-
-
-@pytest.mark.parametrize("timeout, error", [(0, ValueError), (float("inf"), ValueError),
-                                            ("10", TypeError)])
-def test_probe_timeout_must_be_a_positive_number(timeout, error):
-    with pytest.raises(error, match="`probe_timeout`"):
-        distribute.auto_strategy(probe_timeout=timeout)
