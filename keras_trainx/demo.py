@@ -11,6 +11,10 @@ import os
 import numpy as np
 
 from keras_trainx.extras import require
+from keras_trainx.validation import check_int
+
+#: Training digits after the 80/20 split: the largest micro-batch the demo accepts.
+TRAINING_DIGITS = 1437
 
 
 def load_digits_split(seed):
@@ -51,6 +55,31 @@ def build_model(learning_rate):
     return model
 
 
+def check_arguments(epochs=12, batch_size=32, accum_steps=4, output_dir="keras_trainx_demo", seed=0,
+                    verbose=2):
+    """Raises `TypeError`/`ValueError` naming the first of `run`'s arguments that has no meaning.
+
+    Example:
+
+    >>> check_arguments(epochs=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: `epochs` must be an int >= 1; received epochs=0.
+    """
+    check_int("epochs", epochs, minimum=1)
+    check_int("batch_size", batch_size, minimum=1, maximum=TRAINING_DIGITS,
+              hint=f"It is the micro-batch; the demo trains on {TRAINING_DIGITS} digits.")
+    check_int("accum_steps", accum_steps, minimum=1)
+    check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    check_int("verbose", verbose, minimum=0, maximum=2)
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise TypeError(f"`output_dir` must be a path; received output_dir={output_dir!r} of type "
+                        f"{type(output_dir).__name__}.")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"`output_dir` must be a folder; received output_dir={os.fspath(output_dir)!r}, "
+                         "an existing file.")
+
+
 def run(epochs=12, batch_size=32, accum_steps=4, output_dir="keras_trainx_demo", seed=0,
         verbose=2):
     """Trains, evaluates, saves and reloads the demo model; returns whether predictions match.
@@ -62,11 +91,14 @@ def run(epochs=12, batch_size=32, accum_steps=4, output_dir="keras_trainx_demo",
         output_dir: folder the `.keras` model is saved in (created if missing).
         seed: random seed of the data split, augmentation and initial weights.
         verbose: Keras' progress output (0, 1 or 2).
+
+    Every argument is checked (`check_arguments`) before any work starts.
     """
+    check_arguments(epochs, batch_size, accum_steps, output_dir, seed, verbose)
     import keras
 
     import keras_trainx
-    from keras_trainx.schedules import WarmUp
+    from keras_trainx.schedules import WarmUp, updates_per_epoch
 
     A = require("albumentations", "keras-trainx demo")
     keras.utils.set_random_seed(seed)
@@ -79,8 +111,7 @@ def run(epochs=12, batch_size=32, accum_steps=4, output_dir="keras_trainx_demo",
         transform=[A.Affine(translate_px=(-1, 1), rotate=(-10, 10), p=0.7),
                    A.RandomBrightnessContrast(0.2, 0.2, p=0.5)],
     )
-    updates_per_epoch = -(-len(train) // accum_steps)
-    total_updates = updates_per_epoch * epochs
+    total_updates = updates_per_epoch(steps_per_epoch=len(train), accum_steps=accum_steps) * epochs
     warmup_steps = max(1, total_updates // 10)
     schedule = WarmUp(
         keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=total_updates - warmup_steps),

@@ -117,7 +117,7 @@ def load_model(filepath, custom_objects=None, **kwargs):
     >>> type(keras_trainx.load_model(path).layers[0]).__name__
     'Mish'
     """
-    path = os.fspath(filepath)
+    path = _existing_path(filepath)
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
         raise ValueError(
             f"{path!r} is a TensorFlow SavedModel directory, which Keras 3 cannot load as a model. "
@@ -125,8 +125,7 @@ def load_model(filepath, custom_objects=None, **kwargs):
             "to get a trainable Keras model, load it in tf.keras 2 and save it with `model.save('model.keras')` "
             "(or '.h5')."
         )
-    if custom_objects is not None and not isinstance(custom_objects, dict):
-        raise TypeError(f"`custom_objects` must be a dict of name -> object; received {custom_objects!r}.")
+    _check_custom_objects(custom_objects)
     merged = {**_bundle(), **(custom_objects or {})}
     try:
         return keras.models.load_model(path, custom_objects=merged, **kwargs)
@@ -148,6 +147,19 @@ def load_model(filepath, custom_objects=None, **kwargs):
         raise
 
 
+def _existing_path(filepath):
+    """`filepath` as a string path; FileNotFoundError naming it when nothing is there."""
+    path = os.fspath(filepath)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file or directory: {path!r}.")
+    return path
+
+
+def _check_custom_objects(custom_objects):
+    if custom_objects is not None and not isinstance(custom_objects, dict):
+        raise TypeError(f"`custom_objects` must be a dict of name -> object; received {custom_objects!r}.")
+
+
 def _loads_uncompiled(path, custom_objects, kwargs):
     try:
         keras.models.load_model(path, custom_objects=custom_objects, **{**kwargs, "compile": False})
@@ -163,7 +175,7 @@ def read_config(filepath):
     a tf.keras 2 `.h5` training config is left out (its optimizer names, e.g. "Custom>Adam", are
     tf.keras built-ins, not custom objects).
     """
-    path = os.fspath(filepath)
+    path = _existing_path(filepath)
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")):
             raise ValueError(f"{path!r} is a directory without config.json; pass a .keras or .h5 file.")
@@ -251,6 +263,7 @@ def referenced_objects(filepath, custom_objects=None):
     >>> keras_trainx.saving.referenced_objects(path)
     {'keras_trainx>Mish': True}
     """
+    _check_custom_objects(custom_objects)
     found: set[str] = set()
     _references(read_config(filepath), found)
     known = {**_bundle(), **(custom_objects or {})}

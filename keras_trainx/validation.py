@@ -7,6 +7,7 @@ the message alone tells the user the fix.
 
 import math
 import numbers
+import warnings
 from collections.abc import Collection
 from typing import Any
 
@@ -106,6 +107,40 @@ def check_choice(name: str, value: Any, choices: Collection[Any], *, hint: str =
         accepted = ", ".join(repr(c) for c in choices)
         raise ValueError(_join(f"`{name}` must be one of {accepted}; {_received(name, value)}.", hint))
     return value
+
+
+def renamed_argument(owner: str, old_name: str, old_value: Any, new_name: str, new_value: Any,
+                     default: Any) -> Any:
+    """Returns the value of an argument that was renamed: `new_value`, or `old_value` with a
+    `DeprecationWarning` when the caller (or a saved config) used the old name.
+
+    Args:
+        owner: the class or function taking the argument, for the messages.
+        old_name: the deprecated name; `old_value` is `None` when it was not given.
+        new_name: the current name; `new_value` is its value (`default` when not given).
+        default: the current name's default, to tell whether both names were given.
+
+    Raises:
+        TypeError: if both names were given.
+
+    Example:
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     renamed_argument("f", "max_lr", 0.5, "max_learning_rate", 0.1, 0.1)
+    0.5
+    >>> str(caught[0].message)
+    'f: `max_lr` is deprecated; use `max_learning_rate` (same meaning).'
+    """
+    if old_value is None:
+        return new_value
+    if new_value != default:
+        raise TypeError(f"{owner}: pass `{new_name}` only; `{old_name}` is its deprecated name. Received "
+                        f"{new_name}={new_value!r} and {old_name}={old_value!r}.")
+    warnings.warn(f"{owner}: `{old_name}` is deprecated; use `{new_name}` (same meaning).", DeprecationWarning,
+                  stacklevel=3)
+    return old_value
 
 
 def _check_range(name: str, value: float, minimum: float | None, maximum: float | None,

@@ -15,25 +15,25 @@ from keras_trainx.schedules import CosineAnnealingWarmupRestarts
 
 STEPS = [1_000, 100_000, 10_000_000]
 CONFIGS = [
-    dict(first_cycle_steps=10, cycle_mult=2.0, max_lr=0.1, min_lr=0.001, warmup_steps=2, gamma=0.9),
-    dict(first_cycle_steps=10, cycle_mult=1.1, max_lr=1.0, min_lr=0.0, warmup_steps=3, gamma=0.99),
+    dict(first_cycle_steps=10, cycle_mult=2.0, max_learning_rate=0.1, min_learning_rate=0.001, warmup_steps=2, gamma=0.9),
+    dict(first_cycle_steps=10, cycle_mult=1.1, max_learning_rate=1.0, min_learning_rate=0.0, warmup_steps=3, gamma=0.99),
     # floor((10 - 5) * 1.05) = 5: every cycle as long as the first, 1e6 cycles by step 1e7
-    dict(first_cycle_steps=10, cycle_mult=1.05, max_lr=0.5, min_lr=0.01, warmup_steps=5, gamma=1.0),
-    dict(first_cycle_steps=7, cycle_mult=1.0, max_lr=0.2, min_lr=0.0, warmup_steps=0, gamma=0.5),
+    dict(first_cycle_steps=10, cycle_mult=1.05, max_learning_rate=0.5, min_learning_rate=0.01, warmup_steps=5, gamma=1.0),
+    dict(first_cycle_steps=7, cycle_mult=1.0, max_learning_rate=0.2, min_learning_rate=0.0, warmup_steps=0, gamma=0.5),
 ]
 
 
-def reference(step, first_cycle_steps, cycle_mult, max_lr, min_lr, warmup_steps, gamma):
+def reference(step, first_cycle_steps, cycle_mult, max_learning_rate, min_learning_rate, warmup_steps, gamma):
     cycle, start, length = 0, 0, first_cycle_steps
     while start + length <= step:
         cycle, start = cycle + 1, start + length
         length = math.floor((length - warmup_steps) * cycle_mult) + warmup_steps
     position = step - start
-    peak = max_lr * gamma**cycle
+    peak, low = max_learning_rate * gamma**cycle, min_learning_rate
     if position < warmup_steps:
-        return min_lr + (peak - min_lr) * position / warmup_steps
+        return low + (peak - low) * position / warmup_steps
     progress = (position - warmup_steps) / (length - warmup_steps)
-    return min_lr + (peak - min_lr) * (1 + math.cos(math.pi * progress)) / 2
+    return low + (peak - low) * (1 + math.cos(math.pi * progress)) / 2
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["x2", "x1.1", "stalled-x1.05", "x1"])

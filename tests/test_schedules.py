@@ -22,7 +22,7 @@ from keras_trainx.schedules import (
     WarmUp,
 )
 
-# katsura-jp CosineAnnealingWarmupRestarts(first_cycle_steps=10, cycle_mult=2.0, max_lr=0.1, min_lr=0.001,
+# katsura-jp CosineAnnealingWarmupRestarts(first_cycle_steps=10, cycle_mult=2.0, max_learning_rate=0.1, min_learning_rate=0.001,
 # warmup_steps=2, gamma=0.5): cycles of 10, 18, 34 steps start at 0, 10, 28, 62.
 TORCH_CAWR_MULT2 = {
     0: 0.001, 1: 0.0505, 2: 0.1, 3: 0.0962320368593087, 5: 0.06944282990207196, 9: 0.004767963140691307,
@@ -31,7 +31,7 @@ TORCH_CAWR_MULT2 = {
     31: 0.024942216720066364, 45: 0.01417620568395473, 57: 0.0024169448278197406, 58: 0.0019134456098645592,
     59: 0.0015167159712134943, 60: 0.001230576635161235, 61: 0.0010577832799336382, 79: 0.011010468970791016,
 }
-# katsura-jp CosineAnnealingWarmupRestarts(first_cycle_steps=7, cycle_mult=1.5, max_lr=1.0, min_lr=0.0,
+# katsura-jp CosineAnnealingWarmupRestarts(first_cycle_steps=7, cycle_mult=1.5, max_learning_rate=1.0, min_learning_rate=0.0,
 # warmup_steps=3, gamma=0.9): cycle lengths 7, 9, 12, 16, 22 (floor((L - 3) * 1.5) + 3).
 TORCH_CAWR_MULT15 = [
     0.0, 0.3333333333333333, 0.6666666666666666, 1.0, 0.8535533905932737, 0.5, 0.14644660940672627, 0.0, 0.3,
@@ -45,7 +45,7 @@ TORCH_CAWR_MULT15 = [
     0.5502322195718244, 0.5074763432720621, 0.45982618405740666, 0.4085815140565392, 0.3551401542821987,
     0.30095984571780143, 0.24751848594346093, 0.1962738159425934,
 ]
-# katsura-jp (first_cycle_steps=5, cycle_mult=1.0, max_lr=0.1, min_lr=0.01, warmup_steps=0), steps 1..11.
+# katsura-jp (first_cycle_steps=5, cycle_mult=1.0, max_learning_rate=0.1, min_learning_rate=0.01, warmup_steps=0), steps 1..11.
 # (Its step 0 is 0.01: the constructor's init_lr() overwrites the first update's rate with min_lr.)
 TORCH_CAWR_NO_WARMUP = [
     0.09140576474687263, 0.06890576474687264, 0.04109423525312737, 0.01859423525312737, 0.1,
@@ -69,25 +69,25 @@ TORCH_MULTISTEP = [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025]
 
 
 def test_cosine_annealing_warmup_restarts_matches_katsura_jp_with_growing_cycles():
-    schedule = CosineAnnealingWarmupRestarts(10, cycle_mult=2.0, max_lr=0.1, min_lr=0.001, warmup_steps=2, gamma=0.5)
+    schedule = CosineAnnealingWarmupRestarts(10, cycle_mult=2.0, max_learning_rate=0.1, min_learning_rate=0.001, warmup_steps=2, gamma=0.5)
     steps = sorted(TORCH_CAWR_MULT2)
     np.testing.assert_allclose(schedules.values(schedule, steps), [TORCH_CAWR_MULT2[s] for s in steps], rtol=1e-5)
 
 
 def test_cosine_annealing_warmup_restarts_matches_katsura_jp_with_fractional_cycle_mult():
-    schedule = CosineAnnealingWarmupRestarts(7, cycle_mult=1.5, max_lr=1.0, min_lr=0.0, warmup_steps=3, gamma=0.9)
+    schedule = CosineAnnealingWarmupRestarts(7, cycle_mult=1.5, max_learning_rate=1.0, min_learning_rate=0.0, warmup_steps=3, gamma=0.9)
     np.testing.assert_allclose(schedules.values(schedule, 60), TORCH_CAWR_MULT15, rtol=1e-5, atol=1e-7)
 
 
 def test_cosine_annealing_warmup_restarts_without_warmup_restarts_at_max_lr():
-    schedule = CosineAnnealingWarmupRestarts(5, max_lr=0.1, min_lr=0.01)
+    schedule = CosineAnnealingWarmupRestarts(5, max_learning_rate=0.1, min_learning_rate=0.01)
     lrs = schedules.values(schedule, 12)
     assert lrs[0] == pytest.approx(0.1)
     np.testing.assert_allclose(lrs[1:], TORCH_CAWR_NO_WARMUP, rtol=1e-6)
 
 
 def test_cosine_annealing_warmup_restarts_far_steps_follow_the_cycle_recurrence():
-    schedule = CosineAnnealingWarmupRestarts(100, cycle_mult=1.3, max_lr=1.0, min_lr=0.0, warmup_steps=10, gamma=0.8)
+    schedule = CosineAnnealingWarmupRestarts(100, cycle_mult=1.3, max_learning_rate=1.0, min_learning_rate=0.0, warmup_steps=10, gamma=0.8)
     starts, length = [0], 100
     while starts[-1] < 100_000:
         starts.append(starts[-1] + length)

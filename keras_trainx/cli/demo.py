@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--output-dir {args.output_dir!r} is a file; name a folder", status=2)
     from keras_trainx import demo
 
-    same = demo.run(epochs=args.epochs, batch_size=args.batch_size, accum_steps=args.accum_steps,
-                    output_dir=args.output_dir, seed=args.seed, verbose=args.verbose)
-    return 0 if same else 1
+    arguments = dict(epochs=args.epochs, batch_size=args.batch_size, accum_steps=args.accum_steps,
+                     output_dir=args.output_dir, seed=args.seed, verbose=args.verbose)
+    try:
+        demo.check_arguments(**arguments)
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error), status=2) from None
+    return 0 if demo.run(**arguments) else 1

@@ -1,11 +1,12 @@
 """`CosineAnnealingWarmupRestarts`: cosine cycles with linear warm-up and growing, decaying restarts."""
 
 import math
+from typing import Any
 
 import keras
 from keras import ops
 
-from keras_trainx.validation import check_float, check_int
+from keras_trainx.validation import check_float, check_int, renamed_argument
 
 _LAST_STEP = 2**53  # float64 counts every step exactly up to here
 
@@ -21,43 +22,55 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
     # cycle lengths: L[0] = first_cycle_steps, L[c + 1] = floor((L[c] - warmup_steps) * cycle_mult) + warmup_steps
     def learning_rate(step):
         c, t = cycle and position of `step` (cycles laid end to end)
-        peak = max_lr * gamma ** c
+        peak = max_learning_rate * gamma ** c
+        low = min_learning_rate
         if t < warmup_steps:
-            return min_lr + (peak - min_lr) * t / warmup_steps
+            return low + (peak - low) * t / warmup_steps
         p = (t - warmup_steps) / (L[c] - warmup_steps)
-        return min_lr + (peak - min_lr) * (1 + cos(pi * p)) / 2
+        return low + (peak - low) * (1 + cos(pi * p)) / 2
     ```
 
-    With `warmup_steps=0` the first update uses `max_lr` (the torch class sets the optimizer to `min_lr`
-    for its very first update only, an artefact of its constructor). The cycle boundaries are laid out
-    once, at construction, up to step 2**53 (or up to the cycle from which `floor` keeps the length
-    constant, which then repeats); a call compares the step with that table, so its cost does not grow
-    with the step, in graph mode and under XLA.
+    With `warmup_steps=0` the first update uses `max_learning_rate` (the torch class sets the optimizer
+    to its `min_lr` for its very first update only, an artefact of its constructor). The cycle
+    boundaries are laid out once, at construction, up to step 2**53 (or up to the cycle from which
+    `floor` keeps the length constant, which then repeats); a call compares the step with that table,
+    so its cost does not grow with the step, in graph mode and under XLA.
 
     Args:
         first_cycle_steps: Python int >= 1. Length of the first cycle, warm-up included.
         cycle_mult: Python float >= 1. Growth factor of the cosine part from one cycle to the next.
-        max_lr: Python float. Peak learning rate of the first cycle.
-        min_lr: Python float. Learning rate at the start of each warm-up and the end of each cycle.
+        max_learning_rate: Python float >= 0. Peak learning rate of the first cycle.
+        min_learning_rate: Python float in [0, max_learning_rate]. Learning rate at the start of each
+            warm-up and the end of each cycle.
         warmup_steps: Python int in [0, first_cycle_steps). Linear warm-up steps of every cycle.
-        gamma: Python float > 0. The peak of cycle `c` is `max_lr * gamma ** c`.
+        gamma: Python float > 0. The peak of cycle `c` is `max_learning_rate * gamma ** c`.
+        max_lr, min_lr: the deprecated names of `max_learning_rate` and `min_learning_rate` (the
+            torch class's, and this class's in keras_trainx 0.1.0): accepted with a `DeprecationWarning`, so
+            configs saved with them still load.
 
     Example:
 
     >>> import keras_trainx
     >>> schedule = keras_trainx.schedules.CosineAnnealingWarmupRestarts(
-    ...     first_cycle_steps=100, max_lr=0.1, min_lr=0.001, warmup_steps=10, gamma=0.5)
+    ...     first_cycle_steps=100, max_learning_rate=0.1, min_learning_rate=0.001, warmup_steps=10,
+    ...     gamma=0.5)
     >>> [round(float(schedule(s)), 6) for s in (0, 10, 100, 110)]
     [0.001, 0.1, 0.001, 0.05]
     """
 
-    def __init__(self, first_cycle_steps, cycle_mult=1.0, max_lr=0.1, min_lr=0.001, warmup_steps=0, gamma=1.0):
+    def __init__(self, first_cycle_steps: int, cycle_mult: float = 1.0, max_learning_rate: float = 0.1,
+                 min_learning_rate: float = 0.001, warmup_steps: int = 0, gamma: float = 1.0, *,
+                 max_lr: float | None = None, min_lr: float | None = None) -> None:
         super().__init__()
+        name = type(self).__name__
+        max_learning_rate = renamed_argument(name, "max_lr", max_lr, "max_learning_rate", max_learning_rate, 0.1)
+        min_learning_rate = renamed_argument(name, "min_lr", min_lr, "min_learning_rate", min_learning_rate, 0.001)
         self.first_cycle_steps = check_int("first_cycle_steps", first_cycle_steps, minimum=1)
         self.cycle_mult = check_float("cycle_mult", cycle_mult, minimum=1.0)
-        self.max_lr = check_float("max_lr", max_lr, minimum=0.0)
-        self.min_lr = check_float("min_lr", min_lr, minimum=0.0, maximum=self.max_lr,
-                                  hint="Each cycle anneals from its peak max_lr down to min_lr.")
+        self.max_learning_rate = check_float("max_learning_rate", max_learning_rate, minimum=0.0)
+        self.min_learning_rate = check_float(
+            "min_learning_rate", min_learning_rate, minimum=0.0, maximum=self.max_learning_rate,
+            hint="Each cycle anneals from its peak max_learning_rate down to min_learning_rate.")
         self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
         if self.warmup_steps >= self.first_cycle_steps:
             raise ValueError(
@@ -67,7 +80,7 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
         self.gamma = check_float("gamma", gamma, minimum=0.0, exclusive_minimum=True)
         self._starts, self._lengths = self._cycle_table()
 
-    def _cycle_table(self):
+    def _cycle_table(self) -> tuple[list[int], list[int]]:
         """Start and length of every cycle up to step 2**53; the last cycle's length repeats."""
         starts, lengths = [0], [self.first_cycle_steps]
         while starts[-1] + lengths[-1] < _LAST_STEP:
@@ -78,7 +91,7 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
             lengths.append(following)
         return starts, lengths
 
-    def _locate(self, step):
+    def _locate(self, step: Any) -> tuple[Any, Any, Any]:
         """Returns (cycle index, position in cycle, cycle length) of `step`, all float64 tensors."""
         step = ops.cast(step, "float64")
         starts = ops.convert_to_tensor(self._starts, "float64")
@@ -89,25 +102,26 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
         cycle = ops.cast(index, "float64") + repeats
         return cycle, step - start - repeats * length, length
 
-    def __call__(self, step):
+    def __call__(self, step: Any) -> Any:
         cycle, position, length = self._locate(step)
         cycle = ops.cast(cycle, "float32")
         position = ops.cast(position, "float32")
         length = ops.cast(length, "float32")
-        peak = self.max_lr * ops.power(ops.convert_to_tensor(self.gamma, "float32"), cycle)
+        peak = self.max_learning_rate * ops.power(ops.convert_to_tensor(self.gamma, "float32"), cycle)
+        low = self.min_learning_rate
         warmup = float(self.warmup_steps)
-        warming = self.min_lr + (peak - self.min_lr) * position / max(warmup, 1.0)
-        annealed = self.min_lr + (peak - self.min_lr) * (
+        warming = low + (peak - low) * position / max(warmup, 1.0)
+        annealed = low + (peak - low) * (
             1.0 + ops.cos(math.pi * (position - warmup) / (length - warmup))
         ) / 2.0
         return ops.where(position < warmup, warming, annealed)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "first_cycle_steps": self.first_cycle_steps,
             "cycle_mult": self.cycle_mult,
-            "max_lr": self.max_lr,
-            "min_lr": self.min_lr,
+            "max_learning_rate": self.max_learning_rate,
+            "min_learning_rate": self.min_learning_rate,
             "warmup_steps": self.warmup_steps,
             "gamma": self.gamma,
         }

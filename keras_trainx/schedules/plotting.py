@@ -8,7 +8,9 @@ from keras_trainx.extras import require
 
 
 def _steps_array(steps):
-    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+    if isinstance(steps, bool):
+        raise TypeError(f"`steps` must be an int or a 1-D sequence of ints; received steps={steps!r} of type bool.")
+    if isinstance(steps, (int, np.integer)):
         if steps < 1:
             raise ValueError(f"`steps` must be >= 1 when given as an int; received steps={steps}.")
         return np.arange(steps)
@@ -70,6 +72,9 @@ def plot(schedule, steps, ax=None):
     ys = values(schedule, xs)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
+    elif not isinstance(ax, require("matplotlib.axes", "keras_trainx.schedules.plot").Axes):
+        raise TypeError(f"`ax` must be a matplotlib Axes or None; received ax={ax!r} of type "
+                        f"{type(ax).__name__}.")
     ax.plot(xs, ys)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")

@@ -1,0 +1,121 @@
+"""Every rejected value of the public entry points of schedules, distribute, saving and the demo.
+
+(Data arguments: tests/test_data_arguments.py; the command line: tests/test_cli_errors.py.)
+
+One row per case: the call, the error type (`TypeError` for a wrong type, `ValueError` for a value out
+of range) and the whole message, which names the argument, the accepted range and what was received
+(keras_trainx.validation's one style). Each of these calls was accepted silently, or failed somewhere
+deep without naming the argument, before the reliability sweep (issue #12).
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from keras_trainx import demo, distribute, saving, schedules
+from keras_trainx.schedules import CosineAnnealingWarmupRestarts as Restarts
+from keras_trainx.schedules import OneCycle
+
+NAN, INF = math.nan, math.inf
+ANNEALS = "Each cycle anneals from its peak max_learning_rate down to min_learning_rate."
+MISSING = "/nonexistent/model.keras"
+
+CASES = [
+    # CosineAnnealingWarmupRestarts
+    (lambda: Restarts(0), ValueError, "`first_cycle_steps` must be an int >= 1; received first_cycle_steps=0."),
+    (lambda: Restarts(10.0), TypeError,
+     "`first_cycle_steps` must be an int; received first_cycle_steps=10.0 of type float."),
+    (lambda: Restarts(10, cycle_mult=0.5), ValueError, "`cycle_mult` must be a number >= 1.0; received cycle_mult=0.5."),
+    (lambda: Restarts(10, cycle_mult=NAN), ValueError, "`cycle_mult` must be a finite number; received cycle_mult=nan."),
+    (lambda: Restarts(10, max_learning_rate=-0.1), ValueError,
+     "`max_learning_rate` must be a number >= 0.0; received max_learning_rate=-0.1."),
+    (lambda: Restarts(10, max_learning_rate=INF), ValueError,
+     "`max_learning_rate` must be a finite number; received max_learning_rate=inf."),
+    (lambda: Restarts(10, max_learning_rate="0.1"), TypeError,
+     "`max_learning_rate` must be a number; received max_learning_rate='0.1' of type str."),
+    (lambda: Restarts(10, min_learning_rate=-1e-3), ValueError,
+     "`min_learning_rate` must be a number >= 0.0 and <= 0.1; received min_learning_rate=-0.001. " + ANNEALS),
+    (lambda: Restarts(10, max_learning_rate=0.01, min_learning_rate=0.1), ValueError,
+     "`min_learning_rate` must be a number >= 0.0 and <= 0.01; received min_learning_rate=0.1. " + ANNEALS),
+    (lambda: Restarts(10, max_lr=0.01, min_lr=0.1), ValueError,
+     "`min_learning_rate` must be a number >= 0.0 and <= 0.01; received min_learning_rate=0.1. " + ANNEALS),
+    (lambda: Restarts(10, warmup_steps=-1), ValueError, "`warmup_steps` must be an int >= 0; received warmup_steps=-1."),
+    (lambda: Restarts(10, warmup_steps=10), ValueError,
+     "`warmup_steps` must be < `first_cycle_steps` (each cycle needs a cosine part); received warmup_steps=10, "
+     "first_cycle_steps=10."),
+    (lambda: Restarts(10, gamma=0.0), ValueError, "`gamma` must be a number > 0.0; received gamma=0.0."),
+    (lambda: Restarts(10, max_learning_rate=0.2, max_lr=0.3), TypeError,
+     "CosineAnnealingWarmupRestarts: pass `max_learning_rate` only; `max_lr` is its deprecated name. Received "
+     "max_learning_rate=0.2 and max_lr=0.3."),
+    # OneCycle
+    (lambda: OneCycle(0.0, 100), ValueError, "`max_learning_rate` must be a number > 0.0; received max_learning_rate=0.0."),
+    (lambda: OneCycle(NAN, 100), ValueError, "`max_learning_rate` must be a finite number; received max_learning_rate=nan."),
+    (lambda: OneCycle(0.1, 1), ValueError, "`total_steps` must be an int >= 2; received total_steps=1."),
+    (lambda: OneCycle(0.1, 100, pct_start=1.0), ValueError,
+     "`pct_start * total_steps - 1` (the step of the peak) must lie in (0, total_steps - 1); received "
+     "pct_start=1.0, total_steps=100 (peak 99.0). Raise total_steps or move pct_start towards 0.5."),
+    (lambda: OneCycle(0.1, 100, div_factor=0), ValueError, "`div_factor` must be a number > 0.0; received div_factor=0.0."),
+    (lambda: OneCycle(0.1, 100, final_div_factor=-1), ValueError,
+     "`final_div_factor` must be a number > 0.0; received final_div_factor=-1.0."),
+    (lambda: OneCycle(0.1, 100, anneal="cosine"), ValueError,
+     "`anneal` must be one of ('cos', 'linear'); received anneal='cosine'."),
+    # values() and plot()
+    (lambda: schedules.values(OneCycle(0.1, 10), 0), ValueError,
+     "`steps` must be >= 1 when given as an int; received steps=0."),
+    (lambda: schedules.values(OneCycle(0.1, 10), True), TypeError,
+     "`steps` must be an int or a 1-D sequence of ints; received steps=True of type bool."),
+    (lambda: schedules.values(OneCycle(0.1, 10), [3, -1]), ValueError,
+     "`steps` must be an int or a non-empty 1-D sequence of non-negative ints; received [3, -1]."),
+    (lambda: schedules.plot(OneCycle(0.1, 10), 5, ax="axes"), TypeError,
+     "`ax` must be a matplotlib Axes or None; received ax='axes' of type str."),
+    # distribute
+    (lambda: distribute.auto_strategy(probe_timeout=0), ValueError,
+     "`probe_timeout` must be a number > 0.0; received probe_timeout=0.0."),
+    (lambda: distribute.auto_strategy(probe_timeout="5"), TypeError,
+     "`probe_timeout` must be a number; received probe_timeout='5' of type str."),
+    (lambda: distribute.auto_strategy(connect_timeout=NAN), ValueError,
+     "`connect_timeout` must be a finite number; received connect_timeout=nan."),
+    (lambda: distribute.auto_strategy(tpu=" "), ValueError,
+     "`tpu` must not be empty: pass a TPU name, 'grpc://host:port' or 'local', or tpu=None to detect a TPU from "
+     "the environment."),
+    (lambda: distribute.global_batch_size(0), ValueError,
+     "`per_replica_batch_size` must be an int >= 1; received per_replica_batch_size=0."),
+    (lambda: distribute.scale_learning_rate(INF, 64, 32), ValueError,
+     "`base_learning_rate` must be a finite number; received base_learning_rate=inf. It is the rate tuned at "
+     "base_batch_size."),
+    (lambda: distribute.scale_learning_rate(NAN, 64, 32), ValueError,
+     "`base_learning_rate` must be a finite number; received base_learning_rate=nan. It is the rate tuned at "
+     "base_batch_size."),
+    (lambda: distribute.scale_learning_rate(0.1, -1, 32), ValueError,
+     "`global_batch_size` must be an int >= 1; received global_batch_size=-1."),
+    (lambda: distribute.input_dataset(np.zeros(4), batch_size=2, seed=-1), ValueError,
+     "`seed` must be an int >= 0 and <= 9223372036854775807; received seed=-1. None draws a random order."),
+    # saving
+    (lambda: saving.load_model(MISSING), FileNotFoundError, f"No such file or directory: {MISSING!r}."),
+    (lambda: saving.read_config(MISSING), FileNotFoundError, f"No such file or directory: {MISSING!r}."),
+    (lambda: saving.referenced_objects(__file__, custom_objects="x"), TypeError,
+     "`custom_objects` must be a dict of name -> object; received 'x'."),
+    # the demo (all checked before any work)
+    (lambda: demo.run(epochs=0), ValueError, "`epochs` must be an int >= 1; received epochs=0."),
+    (lambda: demo.run(accum_steps=0), ValueError, "`accum_steps` must be an int >= 1; received accum_steps=0."),
+    (lambda: demo.run(batch_size=5000), ValueError,
+     "`batch_size` must be an int >= 1 and <= 1437; received batch_size=5000. It is the micro-batch; the demo "
+     "trains on 1437 digits."),
+    (lambda: demo.run(output_dir=__file__), ValueError,
+     f"`output_dir` must be a folder; received output_dir={__file__!r}, an existing file."),
+    (lambda: demo.run(output_dir=3), TypeError, "`output_dir` must be a path; received output_dir=3 of type int."),
+    (lambda: demo.run(seed=-1), ValueError, "`seed` must be an int >= 0 and <= 4294967295; received seed=-1."),
+    (lambda: demo.run(verbose=3), ValueError, "`verbose` must be an int >= 0 and <= 2; received verbose=3."),
+]
+
+
+@pytest.mark.parametrize("call,error,message", CASES, ids=[c[2][:60] for c in CASES])
+def test_rejected_with_a_message_naming_the_argument(call, error, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(error) as info:
+            call()
+    assert type(info.value) is error
+    assert str(info.value) == message
