@@ -13,17 +13,16 @@ so tracing is left out. Then:
 
 - Keras' own `gradient_accumulation_steps=4` under the same strategy: it fails (printed);
 - gradient all-reduces per update and per micro-batch, counted at run time by the counting
-  cross-device op of tests/allreduce_counter.py (it counts reductions the graph executes).
+  cross-device op `keras_trainx.all_reduce_counter.AllReduceCounter` (it counts reductions the graph
+  executes).
 
 Run: `python benchmarks/bench_distributed.py` (about three minutes on 2 cores); `--rounds 3` for less.
 """
 
 import argparse
 import os
-import pathlib
 import re
 import statistics
-import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -38,9 +37,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_trainx  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-from allreduce_counter import CountingReductionToOneDevice  # noqa: E402
+from keras_trainx.all_reduce_counter import AllReduceCounter  # noqa: E402
 
 DEVICES = ["/cpu:0", "/cpu:1"]
 MICRO_BATCH = 32
@@ -122,7 +119,7 @@ def all_reduce_counts(x, y):
     """Gradient all-reduces per update, per micro-batch, for fit_accumulated and Model.fit."""
     rows = {}
     for name in ("fit_accumulated", "Model.fit"):
-        counter = CountingReductionToOneDevice()
+        counter = AllReduceCounter()
         strategy = tf.distribute.MirroredStrategy(DEVICES, cross_device_ops=counter)
         model = build_model(strategy)
         if name == "fit_accumulated":

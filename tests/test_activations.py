@@ -1,4 +1,5 @@
-"""mish (Keras' built-in) and hard_mish against float64 formulas; finiteness far out in float32/float16."""
+"""Our Mish entry points (the layer, the tf.keras 2 "Mish" name) and hard_mish against float64 formulas;
+finiteness far out in float32/float16."""
 
 import json
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_trainx import activations
+from keras_trainx import activations, layers, saving
 
 
 def _mish64(x):
@@ -32,21 +33,42 @@ WIDE = np.concatenate([-np.logspace(-4, 3, 60)[::-1], [0.0], np.logspace(-4, 3, 
 
 
 def test_mish_is_keras_builtin_and_activation_string_resolves_to_it():
+    """Our choice (reuse Keras' mish): the re-export, the string and our layer's function are the same."""
     assert activations.mish is keras.activations.mish
     assert keras.activations.get("mish") is keras.activations.mish
     assert keras.layers.Dense(2, activation="mish").activation is activations.mish
 
 
-def test_mish_matches_float64_formula_in_float32():
+def _mish_layer(dtype):
+    return layers.Mish(dtype=dtype)
+
+
+def _legacy_layer(dtype):
+    return saving.legacy_mish.from_config({"name": "Mish", "activation": "mish", "dtype": dtype})
+
+
+def _legacy_function(dtype):
+    return saving.legacy_mish
+
+
+# Our three ways to Mish: the layer, the tf.keras 2 "Mish" name as a layer, and as a function.
+MISH_ENTRY_POINTS = {"layers.Mish": _mish_layer, "legacy Mish layer": _legacy_layer,
+                     "legacy mish function": _legacy_function}
+
+
+@pytest.mark.parametrize("make", MISH_ENTRY_POINTS.values(), ids=MISH_ENTRY_POINTS.keys())
+def test_our_mish_entry_points_match_the_float64_formula_in_float32(make):
     x = np.linspace(-30, 30, 241)
-    y, g = _value_and_gradient(activations.mish, x.astype("float32"))
+    y, g = _value_and_gradient(make("float32"), x.astype("float32"))
+    assert y.dtype == "float32"
     np.testing.assert_allclose(y, _mish64(x), rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(g, _mish64_gradient(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_mish_values_and_gradients_are_finite_up_to_1e3(dtype):
-    y, g = _value_and_gradient(activations.mish, WIDE.astype(dtype))
+@pytest.mark.parametrize("make", MISH_ENTRY_POINTS.values(), ids=MISH_ENTRY_POINTS.keys())
+def test_our_mish_entry_points_are_finite_up_to_1e3(make, dtype):
+    y, g = _value_and_gradient(make(dtype), WIDE.astype(dtype))
     assert y.dtype == dtype and g.dtype == dtype
     assert np.isfinite(y).all() and np.isfinite(g).all()
     far = np.abs(WIDE) == 1e3

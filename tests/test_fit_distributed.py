@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_trainx
 from accumulation_helpers import max_weight_difference, regression_data, regression_model
-from allreduce_counter import CountingReductionToOneDevice
+from keras_trainx.all_reduce_counter import AllReduceCounter
 
 DEVICES = ["/cpu:0", "/cpu:1"]
 
@@ -38,7 +38,7 @@ def test_mirrored_matches_single_device_big_batch(micro, accum_steps):
 
 def test_one_gradient_all_reduce_per_update_none_per_micro_step():
     x, y, weights = regression_data()
-    counter = CountingReductionToOneDevice()
+    counter = AllReduceCounter()
     with _mirrored(counter).scope():
         model = regression_model(keras.optimizers.Adam(0.01))
     # micro-batch 4, 3 per window: 7 micro-batches, 3 updates per epoch, 14 micro-steps in all.
