@@ -11,7 +11,8 @@ from typing import Any
 import keras
 
 from keras_trainx import compat
-from keras_trainx.accumulation import WindowStep, loss_reduction
+from keras_trainx.accumulation import WindowStep
+from keras_trainx.loss_normalization import loss_reduction
 from keras_trainx.data.epochs import epoch_callbacks
 from keras_trainx.validation import check_choice, check_int
 

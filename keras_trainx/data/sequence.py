@@ -232,7 +232,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         """The sample order of `epoch` (computed once per epoch; any thread may ask)."""
         order = self._orders.get(epoch)
         if order is None:
-            order = epoch_permutation(self.seed, epoch, self.num_samples) if self.shuffle else np.arange(self.num_samples)
+            order = (epoch_permutation(self.seed, epoch, self.num_samples) if self.shuffle
+                     else np.arange(self.num_samples))
             self._orders = {epoch: order, **{e: o for e, o in self._orders.items() if e == epoch - 1}}
         return order
 

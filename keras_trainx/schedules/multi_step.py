@@ -33,7 +33,8 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, milestones, factor=0.1):
         super().__init__()
-        self.initial_learning_rate = check_float("initial_learning_rate", initial_learning_rate, minimum=0.0, exclusive_minimum=True)
+        self.initial_learning_rate = check_float("initial_learning_rate", initial_learning_rate, minimum=0.0,
+                                                 exclusive_minimum=True)
         if not isinstance(milestones, (list, tuple)) or not milestones:
             raise TypeError(f"`milestones` must be a non-empty list of ints; received milestones={milestones!r}.")
         milestones = [check_int("milestones[i]", m, minimum=1) for m in milestones]

@@ -54,7 +54,8 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         self, max_learning_rate, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4, anneal="cos"
     ):
         super().__init__()
-        self.max_learning_rate = check_float("max_learning_rate", max_learning_rate, minimum=0.0, exclusive_minimum=True)
+        self.max_learning_rate = check_float("max_learning_rate", max_learning_rate, minimum=0.0,
+                                             exclusive_minimum=True)
         self.total_steps = check_int("total_steps", total_steps, minimum=2)
         self.pct_start = check_float("pct_start", pct_start, minimum=0.0, exclusive_minimum=True)
         peak = self.pct_start * self.total_steps - 1
