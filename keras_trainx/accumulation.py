@@ -23,6 +23,7 @@ import inspect
 import warnings
 import weakref
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -94,7 +95,7 @@ class WindowStep:
             processed += 1
         return processed
 
-    def _make_function(self):
+    def _make_function(self) -> Callable:
         model = self.model
         micro_step = self._micro_step
         apply_step = self._apply_step
@@ -103,17 +104,17 @@ class WindowStep:
                                      autograph=False)
             apply_step = tf.function(apply_step, jit_compile=True, autograph=False)
 
-        def window(iterator, num_steps):
+        def window(iterator: Any, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict]:
             self.strategy.run(self._zero_step)
             first = iterator.get_next_as_optional()
 
-            def run_window():
+            def run_window() -> tf.Tensor:
                 self.strategy.run(micro_step, args=(first.get_value(), True))
 
-                def cond(step, next_inputs):
+                def cond(step: tf.Tensor, next_inputs: Any) -> tf.Tensor:
                     return tf.logical_and(step < num_steps, next_inputs.has_value())
 
-                def body(step, next_inputs):
+                def body(step: tf.Tensor, next_inputs: Any) -> tuple[tf.Tensor, Any]:
                     self.strategy.run(micro_step, args=(next_inputs.get_value(), False))
                     following = tf.cond(
                         step + 1 < num_steps,
@@ -148,7 +149,7 @@ class WindowStep:
             window = tf.function(window, reduce_retracing=True, autograph=False)
         return window
 
-    def _micro_step(self, data, first):
+    def _micro_step(self, data: Any, first: bool) -> None:
         """Forward and backward pass of one micro-batch; adds c_i * grad(L_i) to the accumulators."""
         model = self.model
         data = tf.nest.map_structure(
@@ -185,15 +186,15 @@ class WindowStep:
         ]))
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _compute_loss(self, x, y, y_pred, sample_weight):
+    def _compute_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
         if self._compute_loss_has_training:
             return self.model.compute_loss(x, y, y_pred, sample_weight, training=True)
         return self.model.compute_loss(x, y, y_pred, sample_weight)
 
-    def _zero_step(self):
+    def _zero_step(self) -> None:
         self._sums.zero()
 
-    def _apply_step(self):
+    def _apply_step(self) -> None:
         """One optimizer update with the window's sum of gradients over its global divisor."""
         totals = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, tf.identity(self._sums.statistics)
@@ -207,7 +208,7 @@ class WindowStep:
                                   samples=local[_SAMPLES], counted=local[_OUTPUT_COUNT])
 
 
-def _loss_scale(optimizer):
+def _loss_scale(optimizer: keras.optimizers.Optimizer) -> tf.Tensor | None:
     """The factor `optimizer.scale_loss` multiplies by (dynamic for LossScaleOptimizer), or None."""
     if hasattr(optimizer, "dynamic_scale"):
         return optimizer.dynamic_scale

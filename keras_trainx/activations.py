@@ -6,6 +6,8 @@ and gradients for |x| up to 1e3 (and beyond) in float32 and float16 (tests/test_
 there is nothing to fix.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -13,7 +15,7 @@ mish = keras.activations.mish
 
 
 @keras.saving.register_keras_serializable(package="keras_trainx")
-def hard_mish(x):
+def hard_mish(x: Any) -> Any:
     """Hard Mish: a piecewise-quadratic approximation of Mish without exp/log.
 
     `hard_mish(x) = x * min(max(x + 2, 0), 2) / 2`: 0 for x <= -2, `x * (x + 2) / 2` on (-2, 0),

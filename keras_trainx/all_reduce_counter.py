@@ -4,6 +4,8 @@ It is how the claim "one gradient all-reduce per update" is checked (tests/test_
 benchmarks/bench_distributed.py), and how a user can check it for their own model.
 """
 
+from typing import Any
+
 import tensorflow as tf
 
 
@@ -46,12 +48,13 @@ class AllReduceCounter(tf.distribute.ReductionToOneDevice):
         counter = self.gradient_reductions if len(values) > 1 else self.scalar_reductions
         counter.assign_add(1)
 
-    def reduce_implementation(self, reduce_op, per_replica_value, destinations, options):
+    def reduce_implementation(self, reduce_op: Any, per_replica_value: Any, destinations: Any,
+                              options: Any) -> Any:
         if not self._in_batch:
             self._count([per_replica_value])
         return super().reduce_implementation(reduce_op, per_replica_value, destinations, options)
 
-    def batch_reduce_implementation(self, reduce_op, value_destination_pairs, options):
+    def batch_reduce_implementation(self, reduce_op: Any, value_destination_pairs: Any, options: Any) -> Any:
         self._count([value for value, _ in value_destination_pairs])
         self._in_batch = True
         try:

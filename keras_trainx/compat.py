@@ -67,14 +67,14 @@ def build_from_local_batch(model: Any) -> Iterator[None]:
     which reads no data.
     """
 
-    def local_spec(spec):
+    def local_spec(spec: Any) -> Any:
         if isinstance(spec, tf.OptionalSpec):
             return None  # an optional input the data leaves out, as Model.fit sees it
         if isinstance(spec, PerReplicaSpec):
             return spec._value_specs[0]
         return spec
 
-    def build(iterator=None, data_batch=None):
+    def build(iterator: Any = None, data_batch: Any = None) -> None:
         if data_batch is None:
             specs = iterator._distributed_dataset.element_spec
             data_batch = tf.nest.map_structure(local_spec, specs)

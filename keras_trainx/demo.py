@@ -7,6 +7,7 @@ feeds albumentations-augmented micro-batches, the optimizer follows a `WarmUp` +
 """
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from keras_trainx.validation import check_int
 TRAINING_DIGITS = 1437
 
 
-def load_digits_split(seed):
+def load_digits_split(seed: int) -> list[np.ndarray]:
     """scikit-learn's 1,797 8x8 digits (shipped with the wheel) as uint8 images, 80/20 split."""
     load_digits = require("sklearn.datasets", "keras-trainx demo").load_digits
     train_test_split = require("sklearn.model_selection", "keras-trainx demo").train_test_split
@@ -28,7 +29,7 @@ def load_digits_split(seed):
                             stratify=digits.target)
 
 
-def build_model(learning_rate):
+def build_model(learning_rate: Any) -> Any:
     import keras
 
     import keras_trainx
@@ -55,8 +56,8 @@ def build_model(learning_rate):
     return model
 
 
-def check_arguments(epochs=12, batch_size=32, accum_steps=4, output_dir="keras_trainx_demo", seed=0,
-                    verbose=2):
+def check_arguments(epochs: int = 12, batch_size: int = 32, accum_steps: int = 4,
+                    output_dir: str | os.PathLike = "keras_trainx_demo", seed: int = 0, verbose: int = 2) -> None:
     """Raises `TypeError`/`ValueError` naming the first of `run`'s arguments that has no meaning.
 
     Example:
@@ -80,8 +81,8 @@ def check_arguments(epochs=12, batch_size=32, accum_steps=4, output_dir="keras_t
                          "an existing file.")
 
 
-def run(epochs=12, batch_size=32, accum_steps=4, output_dir="keras_trainx_demo", seed=0,
-        verbose=2):
+def run(epochs: int = 12, batch_size: int = 32, accum_steps: int = 4,
+        output_dir: str | os.PathLike = "keras_trainx_demo", seed: int = 0, verbose: int = 2) -> bool:
     """Trains, evaluates, saves and reloads the demo model; returns whether predictions match.
 
     Args:

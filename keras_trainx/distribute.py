@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from typing import Any
 
 import keras
 import numpy as np
@@ -67,7 +68,8 @@ _HTTP2_FRAME_HEADER_BYTES = 9
 _HTTP2_SETTINGS = 0x4
 
 
-def auto_strategy(tpu=None, *, probe_timeout=10.0, connect_timeout=300.0):
+def auto_strategy(tpu: str | None = None, *, probe_timeout: float = 10.0,
+                  connect_timeout: float = 300.0) -> tf.distribute.Strategy:
     """Returns the `tf.distribute.Strategy` for the hardware this process runs on, and logs it.
 
     See the module docstring for the order of choices. Build and compile the model under the
@@ -107,7 +109,7 @@ def auto_strategy(tpu=None, *, probe_timeout=10.0, connect_timeout=300.0):
     return strategy
 
 
-def _select(tpu, probe_timeout, connect_timeout):
+def _select(tpu: str | None, probe_timeout: float, connect_timeout: float) -> tuple[tf.distribute.Strategy, str, str]:
     """Returns `(strategy, name, reason)`: the strategy, its public name and why it was chosen."""
     if tpu is not None:
         if not isinstance(tpu, str):
@@ -156,7 +158,7 @@ def _select(tpu, probe_timeout, connect_timeout):
     return tf.distribute.get_strategy(), "the default strategy", reason
 
 
-def _tpu_from_environment():
+def _tpu_from_environment() -> tuple[str | None, str] | None:
     """`(address, source)` for the first TPU variable set, or None. `address` None lets
     `TPUClusterResolver` read the variable itself (`TPU_CONFIG` is JSON it parses)."""
     for name in _TPU_ENVIRONMENT:
@@ -171,7 +173,7 @@ def _tpu_from_environment():
     return None
 
 
-def _tpu_on_this_vm():
+def _tpu_on_this_vm() -> tuple[str, str] | None:
     """`("local", source)` if a TPU is attached to this machine (TPU VM), else None."""
     if not _PCI_DEVICES.is_dir():
         return None
@@ -190,7 +192,7 @@ class _TensorFlowBlocked(RuntimeError):
     """TensorFlow started connecting to a TPU and did not finish: this process cannot fall back."""
 
 
-def _connect_tpu(address, probe_timeout, connect_timeout):
+def _connect_tpu(address: str | None, probe_timeout: float, connect_timeout: float) -> tf.distribute.Strategy:
     """Probes, resolves, connects to and initializes the TPU at `address`; returns its `TPUStrategy`.
 
     The probe touches no TensorFlow state. The TensorFlow calls run in a helper thread that is
@@ -202,7 +204,7 @@ def _connect_tpu(address, probe_timeout, connect_timeout):
             _probe_grpc(part.strip(), probe_timeout)
     stage, outcome = ["resolving"], {}
 
-    def connect():
+    def connect() -> None:
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
             stage[0] = "connecting to"
@@ -232,7 +234,7 @@ def _connect_tpu(address, probe_timeout, connect_timeout):
     return tf.distribute.TPUStrategy(outcome["resolver"])
 
 
-def _probe_grpc(address, timeout):
+def _probe_grpc(address: str, timeout: float) -> None:
     """Raises `ConnectionError`/`TimeoutError` unless `grpc://host[:port]` greets like a gRPC server
     (an HTTP/2 SETTINGS frame) within `timeout` seconds in all."""
     parsed = urllib.parse.urlsplit(address)
@@ -278,7 +280,7 @@ def _probe_grpc(address, timeout):
         )
 
 
-def _tf_config_tasks():
+def _tf_config_tasks() -> int:
     """Number of training tasks (chief + workers) `TF_CONFIG` names; 0 if it is not set."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
@@ -299,7 +301,7 @@ def _tf_config_tasks():
     return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
 
 
-def _gpu_devices():
+def _gpu_devices() -> list[str]:
     """Names of this machine's logical GPU devices.
 
     After a TPU connection that failed half-way, TensorFlow also lists the remote cluster's devices
@@ -311,7 +313,7 @@ def _gpu_devices():
     ]
 
 
-def global_batch_size(per_replica_batch_size, strategy=None):
+def global_batch_size(per_replica_batch_size: int, strategy: tf.distribute.Strategy | None = None) -> int:
     """Returns the global batch size: `per_replica_batch_size` times the strategy's replicas.
 
     Under a strategy, `Model.fit(batch_size=...)`, `fit_accumulated(batch_size=...)` and a
@@ -342,7 +344,7 @@ def global_batch_size(per_replica_batch_size, strategy=None):
     return per_replica_batch_size * strategy.num_replicas_in_sync
 
 
-def scale_learning_rate(base_learning_rate, global_batch_size, base_batch_size):
+def scale_learning_rate(base_learning_rate: float, global_batch_size: int, base_batch_size: int) -> float:
     """The linear scaling rule: `base_learning_rate * global_batch_size / base_batch_size`.
 
     Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour" (2017): when the
@@ -372,15 +374,15 @@ def scale_learning_rate(base_learning_rate, global_batch_size, base_batch_size):
 
 
 def input_dataset(
-    x,
-    y=None,
+    x: Any,
+    y: Any = None,
     *,
-    batch_size=None,
-    sample_weight=None,
-    shuffle=None,
-    seed=None,
-    drop_remainder=True,
-):
+    batch_size: int | None = None,
+    sample_weight: Any = None,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    drop_remainder: bool = True,
+) -> tf.data.Dataset:
     """Turns arrays or a `keras.utils.PyDataset` into a `tf.data.Dataset` with static shapes.
 
     TPUs compile for fixed shapes: with `drop_remainder=True` (default) every batch has exactly
@@ -449,7 +451,8 @@ def input_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _pydataset_input(sequence, y, batch_size, sample_weight, shuffle, seed, drop_remainder):
+def _pydataset_input(sequence: keras.utils.PyDataset, y: Any, batch_size: int | None, sample_weight: Any,
+                     shuffle: bool | None, seed: int | None, drop_remainder: bool) -> tf.data.Dataset:
     """`to_tf_dataset(sequence)`, after refusing the arguments that only apply to arrays."""
     for name, value in (("y", y), ("batch_size", batch_size), ("sample_weight", sample_weight)):
         if value is not None:
@@ -466,10 +469,10 @@ def _pydataset_input(sequence, y, batch_size, sample_weight, shuffle, seed, drop
     return to_tf_dataset(sequence, drop_remainder=drop_remainder)
 
 
-def _as_arrays(name, value):
+def _as_arrays(name: str, value: Any) -> Any:
     """`value` (an array or a nest of arrays) as numpy arrays, floats cast to floatx."""
 
-    def convert(array):
+    def convert(array: Any) -> np.ndarray:
         array = np.asarray(array)
         if array.ndim == 0:
             raise ValueError(
@@ -483,7 +486,7 @@ def _as_arrays(name, value):
     return tf.nest.map_structure(convert, value)
 
 
-def _num_samples(arrays):
+def _num_samples(arrays: dict[str, Any]) -> int:
     """The common length of all arrays; ValueError naming the arguments that differ."""
     lengths = {
         (name, len(array)) for name, value in arrays.items() for array in tf.nest.flatten(value)

@@ -4,6 +4,8 @@ Keras has `keras.activations.mish` but no Mish layer; `keras.layers.Activation("
 these give the layer a name of its own in summaries and configs.
 """
 
+from typing import Any
+
 import keras
 
 from keras_trainx import activations
@@ -24,14 +26,14 @@ class Mish(keras.layers.Layer):
     (2, 8)
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.supports_masking = True
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return activations.mish(inputs)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
 
 
@@ -49,12 +51,12 @@ class HardMish(keras.layers.Layer):
     [-0.0, -0.5, 0.5]
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.supports_masking = True
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return activations.hard_mish(inputs)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape

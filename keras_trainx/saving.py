@@ -3,6 +3,7 @@
 import json
 import os
 import zipfile
+from typing import Any
 
 import h5py
 import keras
@@ -25,7 +26,7 @@ _KERAS_NAMESPACES = (
 )
 
 
-def legacy_mish(x):
+def legacy_mish(x: Any) -> Any:
     """What the name `"Mish"` meant in tf.keras 2 models, in both of its roles.
 
     The well-known tf.keras 2 recipe registers `get_custom_objects().update({"Mish": Mish(mish)})`
@@ -46,7 +47,7 @@ def legacy_mish(x):
     return activations.mish(x)
 
 
-def _legacy_mish_layer(config):
+def _legacy_mish_layer(config: dict[str, Any]) -> keras.layers.Layer:
     config = dict(config)
     activation = config.pop("activation", "mish")
     if not (activation in ("mish", "Mish") or activation in (activations.mish, legacy_mish)):
@@ -61,7 +62,7 @@ legacy_mish.__name__ = "mish"
 setattr(legacy_mish, "from_config", _legacy_mish_layer)
 
 
-def custom_objects():
+def custom_objects() -> dict[str, Any]:
     """Returns the objects a model saved with keras_trainx (or an old tf.keras 2 Mish model) needs.
 
     Keys are the registered names of everything keras_trainx registers (`"keras_trainx>WarmUp"`,
@@ -84,7 +85,7 @@ def custom_objects():
     return _bundle()
 
 
-def _bundle():
+def _bundle() -> dict[str, Any]:
     objects = {
         name: obj for name, obj in keras.saving.get_custom_objects().items() if name.startswith(PACKAGE + ">")
     }
@@ -93,7 +94,8 @@ def _bundle():
     return objects
 
 
-def load_model(filepath, custom_objects=None, **kwargs):
+def load_model(filepath: str | os.PathLike, custom_objects: dict[str, Any] | None = None,
+               **kwargs: Any) -> keras.Model:
     """`keras.models.load_model` with `keras_trainx.custom_objects()` merged in.
 
     Args:
@@ -147,7 +149,7 @@ def load_model(filepath, custom_objects=None, **kwargs):
         raise
 
 
-def _existing_path(filepath):
+def _existing_path(filepath: str | os.PathLike) -> str:
     """`filepath` as a string path; FileNotFoundError naming it when nothing is there."""
     path = os.fspath(filepath)
     if not os.path.exists(path):
@@ -155,12 +157,12 @@ def _existing_path(filepath):
     return path
 
 
-def _check_custom_objects(custom_objects):
+def _check_custom_objects(custom_objects: object) -> None:
     if custom_objects is not None and not isinstance(custom_objects, dict):
         raise TypeError(f"`custom_objects` must be a dict of name -> object; received {custom_objects!r}.")
 
 
-def _loads_uncompiled(path, custom_objects, kwargs):
+def _loads_uncompiled(path: str, custom_objects: dict[str, Any], kwargs: dict[str, Any]) -> bool:
     try:
         keras.models.load_model(path, custom_objects=custom_objects, **{**kwargs, "compile": False})
     except (TypeError, ValueError):
@@ -168,7 +170,7 @@ def _loads_uncompiled(path, custom_objects, kwargs):
     return True
 
 
-def read_config(filepath):
+def read_config(filepath: str | os.PathLike) -> dict[str, Any]:
     """Returns the model config (a dict) stored in a `.keras` file/directory or a legacy `.h5` file.
 
     A `.keras` config includes its `"compile_config"` (optimizer with its schedule, losses, metrics);
@@ -192,7 +194,7 @@ def read_config(filepath):
     raise ValueError(f"{path!r} is neither a .keras zip, a .keras directory nor an HDF5 file.")
 
 
-def _references(node, found):
+def _references(node: Any, found: set[str]) -> None:
     """Collects the names of objects a config references but that are not Keras built-ins."""
     if isinstance(node, list):
         for item in node:
@@ -211,7 +213,7 @@ def _references(node, found):
         _references(value, found)
 
 
-def _object_name(node):
+def _object_name(node: dict[str, Any]) -> str | None:
     """The name a serialized object is looked up by, or None for a Keras built-in."""
     class_name, module = node["class_name"], node.get("module")
     registered = node.get("registered_name")
@@ -230,13 +232,13 @@ def _object_name(node):
     return registered or class_name
 
 
-def _is_keras_class(name):
+def _is_keras_class(name: str) -> bool:
     return name in ("Functional", "Sequential", "Model") or any(
         isinstance(getattr(namespace, name, None), type) for namespace in _KERAS_NAMESPACES
     )
 
 
-def _is_keras_activation(name):
+def _is_keras_activation(name: str) -> bool:
     try:
         keras.activations.get(name)
     except ValueError:
@@ -244,7 +246,7 @@ def _is_keras_activation(name):
     return True
 
 
-def referenced_objects(filepath, custom_objects=None):
+def referenced_objects(filepath: str | os.PathLike, custom_objects: dict[str, Any] | None = None) -> dict[str, bool]:
     """Lists the custom (non-Keras) objects a saved model references and whether each resolves.
 
     Args:

@@ -10,6 +10,7 @@ This module imports neither albumentations nor OpenCV.
 """
 
 import weakref
+from typing import Any
 
 import keras
 
@@ -33,7 +34,7 @@ class EpochCallback(keras.callbacks.Callback):
     2
     """
 
-    def __init__(self, sequence):
+    def __init__(self, sequence: Any) -> None:
         super().__init__()
         if not callable(getattr(sequence, "set_epoch", None)):
             raise TypeError(
@@ -42,11 +43,11 @@ class EpochCallback(keras.callbacks.Callback):
             )
         self.sequence = sequence
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.sequence.set_epoch(epoch)
 
 
-def remember_dataset(dataset, sequence):
+def remember_dataset(dataset: Any, sequence: Any) -> None:
     """Records that `dataset` serves `sequence`'s batches, for `epoch_callbacks(dataset)`.
 
     The record goes with the dataset (it holds the dataset weakly).
@@ -65,7 +66,7 @@ def remember_dataset(dataset, sequence):
     _SEQUENCE_OF_DATASET[dataset] = sequence
 
 
-def epoch_callbacks(x):
+def epoch_callbacks(x: Any) -> list[keras.callbacks.Callback]:
     """The callbacks that keep `x`'s epoch equal to `fit`'s: `[callback]` or `[]`.
 
     Args:

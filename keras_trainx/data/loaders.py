@@ -1,13 +1,15 @@
 """Lists the images and labels of a class-per-folder directory, a DataFrame or a TFDS dataset."""
 
 import os
+from typing import Any
 
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def directory_files(root, extensions=IMAGE_EXTENSIONS):
+def directory_files(root: str | os.PathLike,
+                    extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> tuple[list[str], np.ndarray, list[str]]:
     """Image files of `root/<class>/<file>`, sorted, with the index of their class folder.
 
     Args:
@@ -44,7 +46,9 @@ def directory_files(root, extensions=IMAGE_EXTENSIONS):
     return paths, np.asarray(labels, np.int64), class_names
 
 
-def dataframe_files(df, x_col, y_col=None, directory=None):
+def dataframe_files(df: Any, x_col: str, y_col: str | None = None,
+                    directory: str | os.PathLike | None = None,
+                    ) -> tuple[list[str], np.ndarray | None, list[str] | None]:
     """File paths and targets from DataFrame columns.
 
     Args:
@@ -84,7 +88,9 @@ def dataframe_files(df, x_col, y_col=None, directory=None):
     return paths, np.asarray([index[str(v)] for v in column], np.int64), class_names
 
 
-def tfds_examples(name_or_dataset, *, split=None, data_dir=None, image_key="image", label_key="label"):
+def tfds_examples(name_or_dataset: Any, *, split: str | None = None, data_dir: str | None = None,
+                  image_key: str = "image",
+                  label_key: str | None = "label") -> tuple[Any, np.ndarray | None, list[str] | None]:
     """Reads a TFDS dataset into memory: images (stacked when they share a size) and labels.
 
     Args:

@@ -12,6 +12,7 @@ four-transform pipeline on 64x64 images, 438 us per call in strict mode, 318 us 
 """
 
 import copy
+from typing import Any
 
 from keras_trainx.extras import require
 from keras_trainx.validation import check_choice
@@ -22,11 +23,11 @@ BOX_LABEL_FIELD = "classes"
 KEYPOINT_ID_FIELD = "keypoint_ids"
 
 
-def _albumentations():
+def _albumentations() -> Any:
     return require("albumentations", "AugmentedSequence")
 
 
-def _check_transforms(transforms):
+def _check_transforms(transforms: Any) -> None:
     A = _albumentations()
     for i, t in enumerate(transforms):
         if not isinstance(t, (A.BasicTransform, A.BaseCompose)):
@@ -35,7 +36,8 @@ def _check_transforms(transforms):
             )
 
 
-def build_pipeline(transform, *, image_size=None, bbox_format=None, keypoint_format=None):
+def build_pipeline(transform: Any, *, image_size: tuple[int, int] | None = None, bbox_format: str | None = None,
+                   keypoint_format: str | None = None) -> Any:
     """Returns a private, validated `A.Compose` for one sequence.
 
     Args:

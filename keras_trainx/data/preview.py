@@ -1,6 +1,7 @@
 """A matplotlib grid of augmented samples with their labels, masks, boxes and keypoints drawn."""
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -9,14 +10,14 @@ from keras_trainx.extras import require
 from keras_trainx.validation import check_int
 
 
-def _as_displayable(image):
+def _as_displayable(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     low, high = float(image.min()), float(image.max())
     return (image - low) / (high - low) if high > low else np.zeros_like(image)
 
 
-def preview(sequence, n=8, *, cols=4):
+def preview(sequence: Any, n: int = 8, *, cols: int = 4) -> Any:
     """Draws the first `n` samples of the current epoch of an `AugmentedSequence`.
 
     Args:
@@ -58,7 +59,7 @@ def preview(sequence, n=8, *, cols=4):
     return figure
 
 
-def _label_text(sequence, label):
+def _label_text(sequence: Any, label: Any) -> str:
     label = np.asarray(label)
     if label.ndim == 1 and sequence.targets.num_classes is not None:
         label = label.argmax()
@@ -67,7 +68,7 @@ def _label_text(sequence, label):
     return np.array2string(label, precision=3)
 
 
-def _draw(axis, sequence, image, target, j):
+def _draw(axis: Any, sequence: Any, image: np.ndarray, target: Any, j: int) -> None:
     axis.imshow(_as_displayable(image), cmap="gray" if image.ndim == 2 else None)
     axis.set_axis_off()
     parts = target if isinstance(target, dict) else {}
@@ -100,7 +101,7 @@ def _draw(axis, sequence, image, target, j):
         axis.scatter(xs, ys, s=10, c="red")
 
 
-def _rectangle(x, y, w, h):
+def _rectangle(x: float, y: float, w: float, h: float) -> Any:
     from matplotlib.patches import Rectangle
 
     return Rectangle((x, y), w, h, fill=False, edgecolor="yellow", linewidth=1.2)

@@ -35,18 +35,18 @@ GUARD_HINT = (
 )
 
 
-def _start_worker(state):
+def _start_worker(state: bytes) -> None:
     global _SEQUENCE
     # One OpenCV thread per worker process: the workers already fill the cores.
     require("cv2", "AugmentedSequence").setNumThreads(1)
     _SEQUENCE = pickle.loads(state)
 
 
-def _build_batch(epoch, index):
+def _build_batch(epoch: int, index: int) -> Any:
     return _SEQUENCE.epoch_batch(epoch, index)
 
 
-def _main_script():
+def _main_script() -> str | None:
     """The path of the main script that worker processes will import, or None (`-m`, -c, notebooks)."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
@@ -55,7 +55,7 @@ def _main_script():
     return path
 
 
-def _has_main_guard(path):
+def _has_main_guard(path: str) -> bool:
     """Whether the script compares `__name__` with "__main__" anywhere (True when it cannot be read)."""
     try:
         with open(path, encoding="utf-8") as file:
@@ -90,7 +90,7 @@ class ProcessBatches:
     >>> batches.close()
     """
 
-    def __init__(self, sequence):
+    def __init__(self, sequence: Any) -> None:
         try:
             state = pickle.dumps(sequence)
         except Exception as error:
@@ -111,13 +111,13 @@ class ProcessBatches:
         )
         weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.sequence)
 
-    def start_pass(self):
+    def start_pass(self) -> int:
         return self.sequence.start_pass()
 
-    def epoch_batch(self, epoch, index):
+    def epoch_batch(self, epoch: int, index: int) -> Any:
         try:
             return self._pool.submit(_build_batch, epoch, index).result()
         except concurrent.futures.process.BrokenProcessPool as error:
@@ -126,6 +126,6 @@ class ProcessBatches:
                 f"the worker processes of use_multiprocessing=True ended before building a batch. {hint}"
             ) from error
 
-    def close(self):
+    def close(self) -> None:
         """Ends the worker processes now (they end anyway when this object is deleted)."""
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -16,7 +16,7 @@ _AUGMENT_STREAM = 0
 _SHUFFLE_STREAM = 1
 
 
-def draw_seed():
+def draw_seed() -> int:
     """Draws a fresh 128-bit seed from the operating system's entropy.
 
     Returns:
@@ -33,7 +33,7 @@ def draw_seed():
     return entropy
 
 
-def check_seed(seed):
+def check_seed(seed: int | None) -> int:
     """Validates a seed: a non-negative int (or None, which means "draw one").
 
     Args:
@@ -47,7 +47,7 @@ def check_seed(seed):
     return check_int("seed", seed, minimum=0, hint="None draws a seed.")
 
 
-def batch_random_state(seed, epoch, index):
+def batch_random_state(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, random.Random]:
     """The random generators for one batch: a pure function of (seed, epoch, index).
 
     Args:
@@ -72,7 +72,7 @@ def batch_random_state(seed, epoch, index):
     return numpy_generator, python_random
 
 
-def epoch_permutation(seed, epoch, n):
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     """The sample order of one epoch: a pure function of (seed, epoch).
 
     Args:

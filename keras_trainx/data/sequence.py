@@ -2,7 +2,9 @@
 
 import copy
 import math
+import os
 import threading
+from typing import Any
 
 import keras
 import numpy as np
@@ -81,11 +83,13 @@ class AugmentedSequence(keras.utils.PyDataset):
     (3, (4, 8, 8, 3), (2, 8, 8, 3))
     """
 
-    def __init__(self, x, y=None, *, masks=None, boxes=None, box_classes=None, bbox_format=None,
-                 max_boxes=None, keypoints=None, keypoint_format="xy", max_keypoints=None,
-                 sample_weight=None, num_classes=None, class_names=None, image_size=None,
-                 batch_size=32, transform=None, shuffle=True, seed=None, drop_remainder=False,
-                 workers=1, use_multiprocessing=False, max_queue_size=10):
+    def __init__(self, x: Any, y: Any = None, *, masks: Any = None, boxes: Any = None, box_classes: Any = None,
+                 bbox_format: str | None = None, max_boxes: int | None = None, keypoints: Any = None,
+                 keypoint_format: str = "xy", max_keypoints: int | None = None, sample_weight: Any = None,
+                 num_classes: int | None = None, class_names: list[str] | None = None,
+                 image_size: tuple[int, int] | None = None, batch_size: int = 32, transform: Any = None,
+                 shuffle: bool = True, seed: int | None = None, drop_remainder: bool = False, workers: int = 1,
+                 use_multiprocessing: bool = False, max_queue_size: int = 10) -> None:
         check_int("workers", workers, minimum=1, hint="1 reads batches in the calling thread.")
         check_bool("use_multiprocessing", use_multiprocessing)
         check_int("max_queue_size", max_queue_size, minimum=1)
@@ -110,7 +114,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         if image_size is not None:
             if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
                 raise TypeError(f"`image_size` must be (height, width); received image_size={image_size!r}.")
-            image_size = tuple(check_int(f"image_size[{i}]", v, minimum=1) for i, v in enumerate(image_size))
+            image_size = (check_int("image_size[0]", image_size[0], minimum=1),
+                          check_int("image_size[1]", image_size[1], minimum=1))
         check_bool("shuffle", shuffle)
         self.pipeline = build_pipeline(
             transform, image_size=image_size, bbox_format=bbox_format,
@@ -125,11 +130,12 @@ class AugmentedSequence(keras.utils.PyDataset):
         self._epoch_open = False
         self._epoch_told = False
         self._passes = 0
-        self._orders = {}
+        self._orders: dict[int, np.ndarray] = {}
         self._local = threading.local()
 
     @classmethod
-    def from_directory(cls, root, *, extensions=loaders.IMAGE_EXTENSIONS, **kwargs):
+    def from_directory(cls, root: str | os.PathLike, *, extensions: tuple[str, ...] = loaders.IMAGE_EXTENSIONS,
+                       **kwargs: Any) -> "AugmentedSequence":
         """A sequence over `root/<class name>/<image file>`: labels are the sorted class folders' indices.
 
         Args:
@@ -144,7 +150,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         return cls(paths, labels, class_names=class_names, **kwargs)
 
     @classmethod
-    def from_dataframe(cls, df, x_col, y_col=None, *, directory=None, **kwargs):
+    def from_dataframe(cls, df: Any, x_col: str, y_col: str | None = None, *,
+                       directory: str | os.PathLike | None = None, **kwargs: Any) -> "AugmentedSequence":
         """A sequence over the image files listed in a pandas DataFrame.
 
         Args:
@@ -165,8 +172,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         return cls(paths, labels, **kwargs)
 
     @classmethod
-    def from_tfds(cls, name_or_dataset, *, split=None, data_dir=None, image_key="image",
-                  label_key="label", **kwargs):
+    def from_tfds(cls, name_or_dataset: Any, *, split: str | None = None, data_dir: str | None = None,
+                  image_key: str = "image", label_key: str | None = "label", **kwargs: Any) -> "AugmentedSequence":
         """A sequence over a tensorflow-datasets dataset, read once into memory.
 
         Args:
@@ -189,11 +196,11 @@ class AugmentedSequence(keras.utils.PyDataset):
         return cls(images, labels, **kwargs)
 
     @property
-    def epoch(self):
+    def epoch(self) -> int:
         """The epoch that `seq[i]` serves: 0 until told otherwise."""
         return self._epoch
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Sets the epoch that `seq[i]` serves, and the one the next pass of `to_tf_dataset()` serves.
 
         Args:
@@ -202,7 +209,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         self._epoch = check_int("epoch", epoch, minimum=0)
         self._epoch_told = True
 
-    def epoch_callback(self):
+    def epoch_callback(self) -> keras.callbacks.Callback:
         """A `keras.callbacks.Callback` that sets this sequence's epoch to `fit`'s at each epoch start.
 
         `fit_accumulated` adds it by itself (also for a dataset from `to_tf_dataset()`); with
@@ -220,15 +227,15 @@ class AugmentedSequence(keras.utils.PyDataset):
         return EpochCallback(self)
 
     @property
-    def num_samples(self):
+    def num_samples(self) -> int:
         return len(self.images)
 
-    def __len__(self):
+    def __len__(self) -> int:
         if self.drop_remainder:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
 
-    def _order(self, epoch):
+    def _order(self, epoch: int) -> np.ndarray:
         """The sample order of `epoch` (computed once per epoch; any thread may ask)."""
         order = self._orders.get(epoch)
         if order is None:
@@ -237,14 +244,14 @@ class AugmentedSequence(keras.utils.PyDataset):
             self._orders = {epoch: order, **{e: o for e, o in self._orders.items() if e == epoch - 1}}
         return order
 
-    def _thread_pipeline(self):
+    def _thread_pipeline(self) -> Any:
         """This thread's copy of the pipeline (the random state is set per batch)."""
         pipeline = getattr(self._local, "pipeline", None)
         if pipeline is None:
             pipeline = self._local.pipeline = copy.deepcopy(self.pipeline)
         return pipeline
 
-    def batch_indices(self, index, epoch=None):
+    def batch_indices(self, index: int, epoch: int | None = None) -> np.ndarray:
         """The sample indices (into `x`) of batch `index` of `epoch` (the current epoch by default)."""
         index = check_int("index", index)
         if not 0 <= index < len(self):
@@ -252,10 +259,10 @@ class AugmentedSequence(keras.utils.PyDataset):
         order = self._order(self._epoch if epoch is None else check_int("epoch", epoch, minimum=0))
         return order[index * self.batch_size:(index + 1) * self.batch_size]
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple:
         return self.epoch_batch(self._epoch, index)
 
-    def epoch_batch(self, epoch, index):
+    def epoch_batch(self, epoch: int, index: int) -> tuple:
         """Batch `index` of epoch `epoch`, whatever epoch the sequence serves now.
 
         A pure function of `(seed, epoch, index)`: `seq[i]` is `seq.epoch_batch(seq.epoch, i)`, and
@@ -294,11 +301,11 @@ class AugmentedSequence(keras.utils.PyDataset):
             return images, target, self.targets.sample_weight[ids]
         return images, target
 
-    def on_epoch_begin(self):
+    def on_epoch_begin(self) -> None:
         """Opens an epoch (Keras calls it at the start of every epoch of `fit` and `evaluate`)."""
         self._epoch_open = True
 
-    def on_epoch_end(self):
+    def on_epoch_end(self) -> None:
         """Advances the epoch, if `on_epoch_begin()` opened the epoch that ends.
 
         Keras also calls it once before the first epoch (resetting its iterator); that call ends no
@@ -310,7 +317,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         self._epoch += 1
         self._epoch_told = False
 
-    def start_pass(self):
+    def start_pass(self) -> int:
         """Starts a pass of `to_tf_dataset()` over the batches and returns the epoch it serves.
 
         The first pass serves `epoch`; a later one serves the epoch after the previous pass's, unless
@@ -325,7 +332,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         self._epoch_told = False
         return self._epoch
 
-    def to_tf_dataset(self, *, prefetch=tf.data.AUTOTUNE):
+    def to_tf_dataset(self, *, prefetch: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
         """A `tf.data.Dataset` of the batches with static shapes (for tf.distribute and TPUs).
 
         Each pass over the dataset is one epoch (see `start_pass()`): its batches are
@@ -360,18 +367,18 @@ class AugmentedSequence(keras.utils.PyDataset):
         remember_dataset(dataset, self)
         return dataset
 
-    def preview(self, n=8, *, cols=4):
+    def preview(self, n: int = 8, *, cols: int = 4) -> Any:
         """A matplotlib figure of `n` augmented samples of the current epoch, with labels, masks,
         boxes and keypoints drawn (see `keras_trainx.data.preview.preview`)."""
         from keras_trainx.data.preview import preview
 
         return preview(self, n, cols=cols)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_local"]
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()

@@ -5,7 +5,8 @@ A source gives one sample at a time (`source[i]`) and describes a sample for err
 """
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class ArraySource:
     (4, 4, 3)
     """
 
-    def __init__(self, array, name):
+    def __init__(self, array: np.ndarray, name: str) -> None:
         if array.ndim not in (3, 4):
             raise ValueError(
                 f"{name} must have shape (N, H, W) or (N, H, W, C), got shape {array.shape}."
@@ -35,13 +36,13 @@ class ArraySource:
         self.array = array
         self.name = name
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.array)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> np.ndarray:
         return self.array[i]
 
-    def describe(self, i):
+    def describe(self, i: int) -> str:
         return f"{self.name}[{i}]"
 
 
@@ -58,20 +59,20 @@ class ListSource:
     (5, 6, 3)
     """
 
-    def __init__(self, arrays, name):
+    def __init__(self, arrays: Sequence[np.ndarray], name: str) -> None:
         for i, array in enumerate(arrays):
             if array.ndim not in (2, 3):
                 raise ValueError(f"{name}[{i}] must have shape (H, W) or (H, W, C), got shape {array.shape}.")
         self.arrays = list(arrays)
         self.name = name
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.arrays)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> np.ndarray:
         return self.arrays[i]
 
-    def describe(self, i):
+    def describe(self, i: int) -> str:
         return f"{self.name}[{i}]"
 
 
@@ -93,7 +94,7 @@ class FileSource:
     (4, 5, 3)
     """
 
-    def __init__(self, paths, name, kind="image"):
+    def __init__(self, paths: Sequence[str], name: str, kind: str = "image") -> None:
         if kind not in ("image", "mask"):
             raise ValueError(f"kind must be 'image' or 'mask', got {kind!r}.")
         self.paths = [os.fspath(path) for path in paths]
@@ -103,10 +104,10 @@ class FileSource:
         self.name = name
         self.kind = kind
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> np.ndarray:
         path = self.paths[i]
         cv2 = require("cv2", "AugmentedSequence's file sources")
         flags = cv2.IMREAD_COLOR if self.kind == "image" else cv2.IMREAD_UNCHANGED
@@ -117,15 +118,15 @@ class FileSource:
             array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
         return array
 
-    def describe(self, i):
+    def describe(self, i: int) -> str:
         return f"file {self.paths[i]!r} (index {i})"
 
 
-def _is_path(value):
+def _is_path(value: object) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
-def as_source(value, name, kind="image"):
+def as_source(value: Any, name: str, kind: str = "image") -> Any:
     """Wraps `x` or `masks` into a source.
 
     Args:

@@ -11,6 +11,8 @@ Batch target structure: only `y` -> the label array; only `masks` -> the mask ar
 with the keys present among `"labels"`, `"masks"`, `"boxes"`, `"classes"`, `"keypoints"`.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_trainx.data.pipeline import BOX_LABEL_FIELD, KEYPOINT_FORMATS, KEYPOINT_ID_FIELD
@@ -20,12 +22,12 @@ from keras_trainx.validation import check_choice, check_int
 PAD_VALUE = -1
 
 
-def _check_length(value, name, n):
+def _check_length(value: Any, name: str, n: int) -> None:
     if len(value) != n:
         raise ValueError(f"{name} has {len(value)} entries but x has {n} images; give one per image.")
 
 
-def _ragged(values, name, n, width, max_count, max_name):
+def _ragged(values: Any, name: str, n: int, width: int, max_count: Any, max_name: str) -> list[np.ndarray]:
     _check_length(values, name, n)
     if max_count is None:
         raise ValueError(f"`{max_name}` is required with {name} (rows are padded to it).")
@@ -68,9 +70,9 @@ class Targets:
     [[0.0, 0.0, 1.0]]
     """
 
-    def __init__(self, n, *, y=None, num_classes=None, masks=None, boxes=None, box_classes=None,
-                 max_boxes=None, keypoints=None, keypoint_format="xy", max_keypoints=None,
-                 sample_weight=None):
+    def __init__(self, n: int, *, y: Any = None, num_classes: int | None = None, masks: Any = None,
+                 boxes: Any = None, box_classes: Any = None, max_boxes: int | None = None, keypoints: Any = None,
+                 keypoint_format: str = "xy", max_keypoints: int | None = None, sample_weight: Any = None) -> None:
         self.labels = None if y is None else np.asarray(y)
         if self.labels is not None:
             _check_length(self.labels, "y", n)
@@ -104,7 +106,7 @@ class Targets:
                 if len(c) != len(b):
                     raise ValueError(f"box_classes[{i}] has {len(c)} entries for {len(b)} boxes; give one per box.")
                 self.box_classes.append(c)
-            self.max_boxes = int(max_boxes)
+            self.max_boxes = check_int("max_boxes", max_boxes, minimum=1)
         elif box_classes is not None or max_boxes is not None:
             raise ValueError("box_classes and max_boxes need boxes; pass boxes or drop them.")
         self.keypoints = None
@@ -112,7 +114,7 @@ class Targets:
             check_choice("keypoint_format", keypoint_format, KEYPOINT_FORMATS)
             self.keypoint_width = len(keypoint_format)
             self.keypoints = _ragged(keypoints, "keypoints", n, self.keypoint_width, max_keypoints, "max_keypoints")
-            self.max_keypoints = int(max_keypoints)
+            self.max_keypoints = check_int("max_keypoints", max_keypoints, minimum=1)
         elif max_keypoints is not None:
             raise ValueError("max_keypoints needs keypoints; pass keypoints or drop max_keypoints.")
         self.sample_weight = None if sample_weight is None else np.asarray(sample_weight)
@@ -122,10 +124,10 @@ class Targets:
                 raise ValueError("sample_weight needs a target (y, masks, boxes or keypoints).")
 
     @property
-    def empty(self):
+    def empty(self) -> bool:
         return self.labels is None and self.masks is None and self.boxes is None and self.keypoints is None
 
-    def inputs(self, i, image, describe):
+    def inputs(self, i: int, image: np.ndarray, describe: Any) -> dict[str, Any]:
         """albumentations keyword inputs for sample `i` besides the image."""
         data = {}
         if self.masks is not None:
@@ -144,7 +146,7 @@ class Targets:
             data[KEYPOINT_ID_FIELD] = np.arange(len(self.keypoints[i]))
         return data
 
-    def labels_for(self, ids):
+    def labels_for(self, ids: np.ndarray) -> Any:
         assert self.labels is not None, "labels_for() is called only for targets with labels"
         labels = self.labels[ids]
         if self.num_classes is not None:
@@ -166,17 +168,17 @@ class BatchTargets:
     [4]
     """
 
-    def __init__(self, targets, size):
+    def __init__(self, targets: Any, size: int) -> None:
         self.targets = targets
         self.size = size
-        self.masks = None
+        self.masks: np.ndarray | None = None
         if targets.boxes is not None:
             self.boxes = np.full((size, targets.max_boxes, 4), PAD_VALUE, np.float32)
             self.classes = np.full((size, targets.max_boxes), PAD_VALUE, np.int32)
         if targets.keypoints is not None:
             self.keypoints = np.full((size, targets.max_keypoints, targets.keypoint_width), PAD_VALUE, np.float32)
 
-    def add(self, j, output):
+    def add(self, j: int, output: dict[str, Any]) -> None:
         """Stores the pipeline output of the j-th sample of the batch."""
         if self.targets.masks is not None:
             mask = output["mask"]
@@ -192,7 +194,7 @@ class BatchTargets:
             ids = np.asarray(output[KEYPOINT_ID_FIELD], np.int64)
             self.keypoints[j, ids] = points
 
-    def result(self, ids):
+    def result(self, ids: np.ndarray) -> Any:
         """The target structure of the batch (see the module docstring), or None without targets."""
         parts = {}
         if self.targets.labels is not None:

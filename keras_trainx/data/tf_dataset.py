@@ -18,6 +18,7 @@ the last of them is deleted. TensorFlow keeps traced `numpy_function` callables 
 """
 
 import weakref
+from typing import Any
 
 import keras
 import numpy as np
@@ -28,7 +29,7 @@ from keras_trainx.validation import check_bool, check_int
 _SOURCES: "weakref.WeakKeyDictionary[tf.data.Dataset, object]" = weakref.WeakKeyDictionary()
 
 
-def check_prefetch(prefetch):
+def check_prefetch(prefetch: int) -> int:
     """Validates a `prefetch` argument: a non-negative int or `tf.data.AUTOTUNE`.
 
     Example:
@@ -40,7 +41,7 @@ def check_prefetch(prefetch):
                      hint="Use a non-negative number of batches or tf.data.AUTOTUNE.")
 
 
-def _standardize(batch):
+def _standardize(batch: Any) -> Any:
     if isinstance(batch, np.ndarray):
         return (batch,)
     if isinstance(batch, list):
@@ -52,7 +53,7 @@ def _standardize(batch):
     )
 
 
-def _flat_arrays(batch, index):
+def _flat_arrays(batch: Any, index: int) -> list[np.ndarray]:
     flat = [np.asarray(a) for a in tf.nest.flatten(_standardize(batch))]
     if not flat or any(a.ndim == 0 for a in flat):
         raise ValueError(f"sequence: batch {index} must hold arrays with a batch dimension.")
@@ -65,25 +66,26 @@ def _flat_arrays(batch, index):
 class _HookedBatches:
     """A plain `PyDataset` as a source: Keras' epoch hooks at each pass start; `epoch` is ignored."""
 
-    def __init__(self, sequence):
+    def __init__(self, sequence: keras.utils.PyDataset) -> None:
         self.sequence = sequence
         self._started = False
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.sequence.num_batches
 
-    def start_pass(self):
+    def start_pass(self) -> int:
         if self._started:
             self.sequence.on_epoch_end()
         self._started = True
         self.sequence.on_epoch_begin()
         return 0
 
-    def epoch_batch(self, epoch, index):
+    def epoch_batch(self, epoch: int, index: int) -> Any:
         return self.sequence[index]
 
 
-def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
+def to_tf_dataset(sequence: keras.utils.PyDataset, *, drop_remainder: bool = False,
+                  prefetch: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
     """Converts a finite `keras.utils.PyDataset` into a `tf.data.Dataset` with fully static shapes.
 
     Args:
@@ -128,7 +130,8 @@ def to_tf_dataset(sequence, *, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
     return dataset
 
 
-def batch_dataset(source, *, parallel_calls=1, drop_remainder=False, prefetch=tf.data.AUTOTUNE):
+def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool = False,
+                  prefetch: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
     """The `tf.data.Dataset` of a batch source: one pass per iteration, batches built on request.
 
     Args:
@@ -169,22 +172,22 @@ def batch_dataset(source, *, parallel_calls=1, drop_remainder=False, prefetch=tf
     shapes = [a.shape for a in first]
     source_ref = weakref.ref(source)
 
-    def live_source():
+    def live_source() -> Any:
         live = source_ref()
         if live is None:
             raise RuntimeError("the dataset's batch source was deleted with its dataset.")
         return live
 
-    def start_pass():
+    def start_pass() -> np.int64:
         return np.int64(live_source().start_pass())
 
-    def load(epoch, index):
+    def load(epoch: Any, index: Any) -> list[np.ndarray]:
         return _flat_arrays(live_source().epoch_batch(int(epoch), int(index)), int(index))
 
-    def pass_batches(epoch):
+    def pass_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         return tf.data.Dataset.range(num_batches).map(lambda index: (epoch, index))
 
-    def fetch(epoch, index):
+    def fetch(epoch: tf.Tensor, index: tf.Tensor) -> Any:
         flat = tf.numpy_function(load, [epoch, index], dtypes, stateful=True)
         flat = [tf.ensure_shape(t, shape) for t, shape in zip(flat, shapes)]
         return tf.nest.pack_sequence_as(structure, flat)

@@ -5,6 +5,8 @@ training and 360 test images) so that seeds vary only the initialization, the sh
 augmentation.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_trainx.extras import require
@@ -15,7 +17,7 @@ SPLIT_SEED = 0
 TRAIN_SIZE, TEST_SIZE = 1437, 360
 
 
-def load_digits_standardized():
+def load_digits_standardized() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Returns `(x_train, y_train, x_test, y_test)`: 8x8x1 float32 images, standardized.
 
     Pixels are scaled by the mean and standard deviation of all training pixels.
@@ -39,7 +41,7 @@ def load_digits_standardized():
     return standardize(x_train), y_train.astype("int32"), standardize(x_test), y_test.astype("int32")
 
 
-def build_cnn(filters=(32, 32, 64, 64, 128, 128)):
+def build_cnn(filters: tuple[int, ...] = (32, 32, 64, 64, 128, 128)) -> Any:
     """Returns an uncompiled CNN for 8x8x1 digits: random +-1 px shifts, then conv-BN-ReLU blocks.
 
     A 2x2 max-pooling follows every second convolution but the last; global average pooling and a

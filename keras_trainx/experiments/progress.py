@@ -2,6 +2,7 @@
 
 import sys
 import time
+from typing import TextIO
 
 
 class ProgressBar:
@@ -26,7 +27,7 @@ class ProgressBar:
     True
     """
 
-    def __init__(self, total, stream=None, width=20):
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 20) -> None:
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
@@ -34,13 +35,13 @@ class ProgressBar:
         self._began = time.monotonic()
         self._live = hasattr(self.stream, "isatty") and self.stream.isatty()
 
-    def start(self, description):
+    def start(self, description: str) -> None:
         """Announces the run about to start (shown on terminals only)."""
         if self._live:
             self.stream.write(f"\r\033[K{self._bar()} {self.done}/{self.total} {description} ...")
             self.stream.flush()
 
-    def finish(self, description):
+    def finish(self, description: str) -> None:
         """Counts one run as done and reports it."""
         self.done += 1
         elapsed = time.monotonic() - self._began
@@ -51,11 +52,11 @@ class ProgressBar:
         self.stream.write(("\r\033[K" if self._live else "") + line + end)
         self.stream.flush()
 
-    def _bar(self):
+    def _bar(self) -> str:
         filled = self.width * self.done // max(self.total, 1)
         return "[" + "#" * filled + "." * (self.width - filled) + "]"
 
 
-def _clock(seconds):
+def _clock(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes}:{seconds:02d}"

@@ -2,6 +2,8 @@
 
 import csv
 import math
+import os
+from typing import Any
 
 from keras_trainx.extras import require
 
@@ -12,7 +14,7 @@ COLUMNS = ("batch_size", "accum_steps", "warmup", "seed", "peak_learning_rate", 
 COLLAPSE_BELOW = 0.5
 
 
-def summarize(rows):
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Groups the rows by batch size: the test accuracies with and without warm-up, per seed.
 
     Returns:
@@ -46,7 +48,7 @@ def summarize(rows):
     return summary
 
 
-def format_table(rows):
+def format_table(rows: list[dict[str, Any]]) -> str:
     """Returns the sweep as a Markdown table in the article's form: accuracy with / without warm-up.
 
     Each cell holds the mean test accuracy over seeds, then each seed's; `collapsed` counts the
@@ -75,7 +77,7 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_csv(rows, path):
+def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
     """Writes one line per run, with the columns `COLUMNS`.
 
     Example:
@@ -94,7 +96,7 @@ def write_csv(rows, path):
         writer.writerows(rows)
 
 
-def plot_sweep(rows, title="Test accuracy vs effective batch size (digits)"):
+def plot_sweep(rows: list[dict[str, Any]], title: str = "Test accuracy vs effective batch size (digits)") -> Any:
     """Returns a matplotlib figure: mean test accuracy vs batch size (log2 axis), with and without
     warm-up, each seed as a dot and the seeds' range shaded.
 
@@ -133,13 +135,13 @@ def plot_sweep(rows, title="Test accuracy vs effective batch size (digits)"):
     return figure
 
 
-def _cell(accuracies):
+def _cell(accuracies: list[float]) -> str:
     runs = [a for a in accuracies if not math.isnan(a)]
     if not runs:
         return "-"
     return f"**{sum(runs) / len(runs):.3f}** (" + ", ".join(f"{a:.3f}" for a in runs) + ")"
 
 
-def _collapsed(accuracies):
+def _collapsed(accuracies: list[float]) -> str:
     runs = [a for a in accuracies if not math.isnan(a)]
     return f"{sum(a < COLLAPSE_BELOW for a in runs)}/{len(runs)}"

@@ -10,6 +10,10 @@ fractions of the run.
 """
 
 import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
 
 from keras_trainx.experiments.digits import TRAIN_SIZE, build_cnn, load_digits_standardized
 from keras_trainx.experiments.progress import ProgressBar
@@ -17,14 +21,15 @@ from keras_trainx.schedules import MultiStepDecay, WarmUp, epochs_to_steps, upda
 from keras_trainx.validation import check_bool, check_choice, check_float, check_int
 
 #: The full sweep (the README's table): fine steps where no-warm-up training breaks down.
-FULL = {"batch_sizes": (64, 128, 256, 320, 384, 448, 512, 768, 1024), "seeds": (0, 1, 2), "epochs": 60}
+FULL: dict[str, Any] = {"batch_sizes": (64, 128, 256, 320, 384, 448, 512, 768, 1024), "seeds": (0, 1, 2), "epochs": 60}
 #: A few minutes on 2 cores: a small batch, one in the window where warm-up matters, one too large.
-QUICK = {"batch_sizes": (64, 384, 1024), "seeds": (0,), "epochs": 30}
+QUICK: dict[str, Any] = {"batch_sizes": (64, 384, 1024), "seeds": (0,), "epochs": 30}
 
 
-def warmup_schedule(batch_size, updates_per_epoch, *, epochs, warmup, base_learning_rate=0.1,
-                    base_batch_size=8, warmup_epochs=5, warmup_start=0.01, staircase=False,
-                    decay_at=(0.6, 0.85), decay_factor=0.1):
+def warmup_schedule(batch_size: int, updates_per_epoch: int, *, epochs: int, warmup: bool,
+                    base_learning_rate: float = 0.1, base_batch_size: int = 8, warmup_epochs: int = 5,
+                    warmup_start: float = 0.01, staircase: bool = False, decay_at: Sequence[float] = (0.6, 0.85),
+                    decay_factor: float = 0.1) -> keras.optimizers.schedules.LearningRateSchedule:
     """Returns the sweep's learning-rate schedule for one effective batch size.
 
     The peak rate is `base_learning_rate * batch_size / base_batch_size` (the linear scaling
@@ -65,10 +70,12 @@ def warmup_schedule(batch_size, updates_per_epoch, *, epochs, warmup, base_learn
     )
 
 
-def check_warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], *, epochs=FULL["epochs"],
-                       micro_batch=64, base_learning_rate=0.1, base_batch_size=8, warmup_epochs=5,
-                       warmup_start=0.01, staircase=False, decay_at=(0.6, 0.85), decay_factor=0.1,
-                       momentum=0.9, weight_decay=5e-4, remainder="apply", progress=True):
+def check_warmup_sweep(batch_sizes: Sequence[int] = FULL["batch_sizes"], seeds: Sequence[int] = FULL["seeds"], *,
+                       epochs: int = FULL["epochs"], micro_batch: int = 64, base_learning_rate: float = 0.1,
+                       base_batch_size: int = 8, warmup_epochs: int = 5, warmup_start: float = 0.01,
+                       staircase: bool = False, decay_at: Sequence[float] = (0.6, 0.85), decay_factor: float = 0.1,
+                       momentum: float = 0.9, weight_decay: float = 5e-4, remainder: str = "apply",
+                       progress: bool = True) -> dict[str, Any]:
     """Checks `warmup_sweep`'s arguments without training; returns them as keyword arguments.
 
     Raises `TypeError` for a value of the wrong type and `ValueError` for one out of range, naming
@@ -125,7 +132,8 @@ def check_warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], *, 
     }
 
 
-def warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], **options):
+def warmup_sweep(batch_sizes: Sequence[int] = FULL["batch_sizes"], seeds: Sequence[int] = FULL["seeds"],
+                 **options: Any) -> list[dict[str, Any]]:
     """Trains the digits CNN at each effective batch size, with and without warm-up, per seed.
 
     Each run: `keras.utils.set_random_seed(seed)`, a fresh `build_cnn()`, `SGD(schedule, momentum,
@@ -180,8 +188,8 @@ def warmup_sweep(batch_sizes=FULL["batch_sizes"], seeds=FULL["seeds"], **options
     return rows
 
 
-def _train(batch_size, warmup, seed, data, *, epochs, micro_batch, momentum, weight_decay, remainder,
-           **settings):
+def _train(batch_size: int, warmup: bool, seed: int, data: tuple, *, epochs: int, micro_batch: int, momentum: float,
+           weight_decay: float, remainder: str, **settings: Any) -> dict[str, Any]:
     import keras
 
     import keras_trainx
@@ -217,7 +225,7 @@ def _train(batch_size, warmup, seed, data, *, epochs, micro_batch, momentum, wei
     }
 
 
-def _int_list(name, values, minimum):
+def _int_list(name: str, values: Any, minimum: int) -> list[int]:
     if not isinstance(values, (list, tuple)):
         raise TypeError(f"`{name}` must be a list of ints; received {name}={values!r}.")
     if not values:
@@ -225,7 +233,7 @@ def _int_list(name, values, minimum):
     return [check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values)]
 
 
-def _check_decay_at(decay_at, warmup_epochs, epochs):
+def _check_decay_at(decay_at: Any, warmup_epochs: int, epochs: int) -> tuple[float, ...]:
     if not isinstance(decay_at, (list, tuple)):
         raise TypeError(f"`decay_at` must be a list of fractions of the run; received decay_at={decay_at!r}.")
     if not decay_at:

@@ -10,14 +10,16 @@ in epochs.
 
 import math
 import numbers
+from collections.abc import Sequence
+from typing import overload
 
 from keras_trainx.validation import check_choice, check_float, check_int
 
 REMAINDERS = ("apply", "drop")
 
 
-def updates_per_epoch(num_samples=None, batch_size=None, *, accum_steps=1, remainder="apply",
-                      steps_per_epoch=None):
+def updates_per_epoch(num_samples: int | None = None, batch_size: int | None = None, *, accum_steps: int = 1,
+                      remainder: str = "apply", steps_per_epoch: int | None = None) -> int:
     """Returns the number of optimizer updates `fit_accumulated` makes in one epoch.
 
     ```python
@@ -89,7 +91,15 @@ def updates_per_epoch(num_samples=None, batch_size=None, *, accum_steps=1, remai
     return micro_batches // accum_steps
 
 
-def epochs_to_steps(epochs, updates_per_epoch):
+@overload
+def epochs_to_steps(epochs: float, updates_per_epoch: int) -> int: ...
+
+
+@overload
+def epochs_to_steps(epochs: Sequence[float], updates_per_epoch: int) -> list[int]: ...
+
+
+def epochs_to_steps(epochs: float | Sequence[float], updates_per_epoch: int) -> int | list[int]:
     """Converts a number of epochs (or a list of them) into optimizer updates.
 
     `round(epochs * updates_per_epoch)`, rounding halves up, so fractional epochs (a warm-up of
@@ -123,6 +133,6 @@ def epochs_to_steps(epochs, updates_per_epoch):
     return _to_steps("epochs", epochs, updates_per_epoch)
 
 
-def _to_steps(name, epochs, updates_per_epoch):
+def _to_steps(name: str, epochs: object, updates_per_epoch: int) -> int:
     epochs = check_float(name, epochs, minimum=0.0)
     return int(math.floor(epochs * updates_per_epoch + 0.5))

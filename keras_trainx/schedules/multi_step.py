@@ -1,5 +1,8 @@
 """`MultiStepDecay`: multiply the learning rate by `factor` at each milestone (torch's MultiStepLR)."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -31,7 +34,7 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     [0.1, 0.1, 0.01, 0.01, 0.001]
     """
 
-    def __init__(self, initial_learning_rate, milestones, factor=0.1):
+    def __init__(self, initial_learning_rate: float, milestones: Sequence[int], factor: float = 0.1) -> None:
         super().__init__()
         self.initial_learning_rate = check_float("initial_learning_rate", initial_learning_rate, minimum=0.0,
                                                  exclusive_minimum=True)
@@ -43,13 +46,13 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.milestones = milestones
         self.factor = check_float("factor", factor, minimum=0.0, exclusive_minimum=True)
 
-    def __call__(self, step):
+    def __call__(self, step: Any) -> Any:
         step = ops.convert_to_tensor(step)
         milestones = ops.convert_to_tensor(self.milestones, step.dtype)
         passed = ops.sum(ops.cast(ops.expand_dims(step, -1) >= milestones, "float32"), axis=-1)
         return self.initial_learning_rate * ops.power(ops.convert_to_tensor(self.factor, "float32"), passed)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": self.initial_learning_rate,
             "milestones": self.milestones,

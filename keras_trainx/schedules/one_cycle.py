@@ -1,6 +1,7 @@
 """`OneCycle`: the 1cycle learning-rate policy, as torch's OneCycleLR (two phases)."""
 
 import math
+from typing import Any
 
 import keras
 from keras import ops
@@ -50,9 +51,8 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     [0.004, 0.1, 0.0]
     """
 
-    def __init__(
-        self, max_learning_rate, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4, anneal="cos"
-    ):
+    def __init__(self, max_learning_rate: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, anneal: str = "cos") -> None:
         super().__init__()
         self.max_learning_rate = check_float("max_learning_rate", max_learning_rate, minimum=0.0,
                                              exclusive_minimum=True)
@@ -71,7 +71,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(f"`anneal` must be one of {_ANNEALS}; received anneal={anneal!r}.")
         self.anneal = anneal
 
-    def _anneal(self, start, end, pct):
+    def _anneal(self, start: Any, end: Any, pct: Any) -> Any:
         """Weighted sums rather than torch's `end + (start - end) * w`: exact at both ends in float32."""
         if self.anneal == "cos":
             weight = (1.0 + ops.cos(math.pi * pct)) / 2.0
@@ -79,7 +79,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             weight = 1.0 - pct
         return start * weight + end * (1.0 - weight)
 
-    def __call__(self, step):
+    def __call__(self, step: Any) -> Any:
         step = ops.minimum(ops.cast(step, "float32"), float(self.total_steps - 1))
         initial = self.max_learning_rate / self.div_factor
         final = initial / self.final_div_factor
@@ -88,7 +88,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         falling = self._anneal(self.max_learning_rate, final, (step - peak) / (self.total_steps - 1 - peak))
         return ops.where(step <= peak, rising, falling)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "max_learning_rate": self.max_learning_rate,
             "total_steps": self.total_steps,

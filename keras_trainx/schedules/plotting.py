@@ -1,5 +1,8 @@
 """`values()` and `plot()`: look at any learning-rate schedule."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -7,7 +10,7 @@ import tensorflow as tf
 from keras_trainx.extras import require
 
 
-def _steps_array(steps):
+def _steps_array(steps: int | Sequence[int] | np.ndarray) -> np.ndarray:
     if isinstance(steps, bool):
         raise TypeError(f"`steps` must be an int or a 1-D sequence of ints; received steps={steps!r} of type bool.")
     if isinstance(steps, (int, np.integer)):
@@ -22,7 +25,8 @@ def _steps_array(steps):
     return array
 
 
-def values(schedule, steps):
+def values(schedule: keras.optimizers.schedules.LearningRateSchedule,
+           steps: int | Sequence[int] | np.ndarray) -> np.ndarray:
     """Evaluates a schedule at each step.
 
     Args:
@@ -42,14 +46,15 @@ def values(schedule, steps):
         raise TypeError(
             f"`schedule` must be a keras.optimizers.schedules.LearningRateSchedule; received {schedule!r}."
         )
-    steps = _steps_array(steps)
+    array = _steps_array(steps)
     evaluate = tf.function(
         lambda s: tf.map_fn(lambda t: tf.cast(schedule(t), tf.float64), s, fn_output_signature=tf.float64)
     ).get_concrete_function(tf.TensorSpec([None], tf.int64))
-    return evaluate(tf.constant(steps, tf.int64)).numpy()
+    return evaluate(tf.constant(array, tf.int64)).numpy()
 
 
-def plot(schedule, steps, ax=None):
+def plot(schedule: keras.optimizers.schedules.LearningRateSchedule, steps: int | Sequence[int] | np.ndarray,
+         ax: Any = None) -> Any:
     """Plots a schedule's learning rate against the step.
 
     Args:

@@ -1,5 +1,7 @@
 """`WarmUp`: a linear or exponential ramp in front of any schedule or constant learning rate."""
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -78,8 +80,9 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     [0.032, 0.032, 0.0804, 0.2019, 1.2739, 3.2, 3.2, 0.32, 0.032]
     """
 
-    def __init__(self, after, warmup_steps, initial_learning_rate=0.0, mode="linear", offset=True,
-                 initial_fraction=None, staircase_steps=None):
+    def __init__(self, after: keras.optimizers.schedules.LearningRateSchedule | float, warmup_steps: int,
+                 initial_learning_rate: float = 0.0, mode: str = "linear", offset: bool = True,
+                 initial_fraction: float | None = None, staircase_steps: int | None = None) -> None:
         super().__init__()
         if isinstance(after, dict):
             raise TypeError(
@@ -119,12 +122,12 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         self.initial_fraction = initial_fraction
         self.staircase_steps = staircase_steps
 
-    def _after(self, step):
+    def _after(self, step: Any) -> Any:
         if isinstance(self.after, float):
             return ops.convert_to_tensor(self.after, "float32")
         return ops.cast(self.after(step), "float32")
 
-    def __call__(self, step):
+    def __call__(self, step: Any) -> Any:
         step = ops.convert_to_tensor(step)
         warmup_steps = ops.cast(self.warmup_steps, step.dtype)
         after_step = ops.maximum(step - warmup_steps, 0) if self.offset else step
@@ -144,7 +147,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
             warming = initial * ops.power(target / initial, fraction)
         return ops.where(step < warmup_steps, warming, decayed)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "after": self.after if isinstance(self.after, float) else keras.saving.serialize_keras_object(self.after),
             "warmup_steps": self.warmup_steps,
@@ -156,7 +159,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> "WarmUp":
         config = dict(config)
         if isinstance(config["after"], dict):
             config["after"] = keras.optimizers.schedules.deserialize(config["after"])
