@@ -80,6 +80,7 @@ def fit_accumulated(
                  hint="'apply' applies a window cut short at the end of an epoch as its own "
                       "update, 'drop' discards it.")
     _check_model(model, accum_steps)
+    _check_fit_counts(fit_kwargs)
     if type(model).train_step is not keras.Model.train_step:
         return model.fit(x, y, **fit_kwargs)
     loss_reduction(model)
@@ -104,6 +105,14 @@ def fit_accumulated(
         if isinstance(fit_kwargs["callbacks"], keras.callbacks.CallbackList):
             for callback in added:
                 fit_kwargs["callbacks"].callbacks.remove(callback)
+
+
+def _check_fit_counts(fit_kwargs: dict[str, Any]) -> None:
+    """Refuses counts of `fit` that have no meaning (Keras would take `batch_size=0` for its default)."""
+    for name, minimum in (("batch_size", 1), ("epochs", 0), ("initial_epoch", 0), ("steps_per_epoch", 1),
+                          ("validation_batch_size", 1), ("validation_steps", 1)):
+        if fit_kwargs.get(name) is not None:
+            check_int(name, fit_kwargs[name], minimum=minimum)
 
 
 def _check_model(model: keras.Model, accum_steps: int) -> None:

@@ -151,6 +151,9 @@ def load_model(filepath: str | os.PathLike, custom_objects: dict[str, Any] | Non
 
 def _existing_path(filepath: str | os.PathLike) -> str:
     """`filepath` as a string path; FileNotFoundError naming it when nothing is there."""
+    if not isinstance(filepath, (str, os.PathLike)):
+        raise TypeError(f"`filepath` must be a path (str or os.PathLike); received filepath={filepath!r} of type "
+                        f"{type(filepath).__name__}.")
     path = os.fspath(filepath)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file or directory: {path!r}.")

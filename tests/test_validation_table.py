@@ -14,11 +14,24 @@ import warnings
 import numpy as np
 import pytest
 
+import keras
+
+import keras_trainx
 from keras_trainx import demo, distribute, saving, schedules
+from keras_trainx.data import AugmentedSequence
+from keras_trainx.experiments import warmup_schedule
 from keras_trainx.schedules import CosineAnnealingWarmupRestarts as Restarts
 from keras_trainx.schedules import OneCycle
 
 NAN, INF = math.nan, math.inf
+
+
+def _model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
 ANNEALS = "Each cycle anneals from its peak max_learning_rate down to min_learning_rate."
 MISSING = "/nonexistent/model.keras"
 
@@ -97,6 +110,30 @@ CASES = [
     (lambda: saving.read_config(MISSING), FileNotFoundError, f"No such file or directory: {MISSING!r}."),
     (lambda: saving.referenced_objects(__file__, custom_objects="x"), TypeError,
      "`custom_objects` must be a dict of name -> object; received 'x'."),
+    (lambda: schedules.MultiStepDecay(0.1, [4, -1]), ValueError,
+     "`milestones[1]` must be an int >= 1; received milestones[1]=-1."),
+    (lambda: saving.load_model(123), TypeError,
+     "`filepath` must be a path (str or os.PathLike); received filepath=123 of type int."),
+    # fit_accumulated's counts (Keras' fit would take batch_size=0 for its default and epochs=-1 for none)
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2, batch_size=0),
+     ValueError, "`batch_size` must be an int >= 1; received batch_size=0."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2, epochs=-1),
+     ValueError, "`epochs` must be an int >= 0; received epochs=-1."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          steps_per_epoch=2.5),
+     TypeError, "`steps_per_epoch` must be an int; received steps_per_epoch=2.5 of type float."),
+    # AugmentedSequence's class names
+    (lambda: AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 3, num_classes=3,
+                               class_names=["a", "b"]), ValueError,
+     "`class_names` must name the 3 classes of num_classes=3; received 2 names."),
+    (lambda: AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), class_names=["a", "b"]), ValueError,
+     "`class_names` has 2 names but y holds labels from 0 to 3; give one name per class, in label order."),
+    (lambda: AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), class_names="ab"), TypeError,
+     "`class_names` must be a list of strings; received class_names='ab'."),
+    # the warm-up experiment's schedule
+    (lambda: warmup_schedule(64, 4, epochs=0, warmup=True), ValueError, "`epochs` must be an int >= 1; received epochs=0."),
+    (lambda: warmup_schedule(64, 4, epochs=10, warmup="yes"), TypeError,
+     "`warmup` must be True or False; received warmup='yes' of type str."),
     # the demo (all checked before any work)
     (lambda: demo.run(epochs=0), ValueError, "`epochs` must be an int >= 1; received epochs=0."),
     (lambda: demo.run(accum_steps=0), ValueError, "`accum_steps` must be an int >= 1; received accum_steps=0."),

@@ -121,7 +121,7 @@ class AugmentedSequence(keras.utils.PyDataset):
             transform, image_size=image_size, bbox_format=bbox_format,
             keypoint_format=None if keypoints is None else keypoint_format,
         )
-        self.class_names = None if class_names is None else list(class_names)
+        self.class_names = None if class_names is None else _check_class_names(class_names, num_classes, y)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = check_seed(seed)
@@ -382,3 +382,19 @@ class AugmentedSequence(keras.utils.PyDataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+
+
+def _check_class_names(class_names: Any, num_classes: int | None, y: Any) -> list[str]:
+    """`class_names` as a list of strings, one per class of `num_classes` and of every label in `y`."""
+    if isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names):
+        raise TypeError(f"`class_names` must be a list of strings; received class_names={class_names!r}.")
+    names = list(class_names)
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"`class_names` must name the {num_classes} classes of num_classes={num_classes}; "
+                         f"received {len(names)} names.")
+    labels = None if y is None else np.asarray(y)
+    if labels is not None and labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer) and labels.size:
+        if labels.min() < 0 or labels.max() >= len(names):
+            raise ValueError(f"`class_names` has {len(names)} names but y holds labels from {labels.min()} to "
+                             f"{labels.max()}; give one name per class, in label order.")
+    return names

@@ -58,6 +58,8 @@ def warmup_schedule(batch_size: int, updates_per_epoch: int, *, epochs: int, war
     >>> round(decay.initial_learning_rate, 9), decay.milestones, schedule.warmup_steps
     (4.8, [144, 204], 20)
     """
+    epochs = check_int("epochs", epochs, minimum=1)
+    check_bool("warmup", warmup)
     peak = base_learning_rate * batch_size / base_batch_size
     milestones = epochs_to_steps([fraction * epochs for fraction in decay_at], updates_per_epoch)
     decay = MultiStepDecay(peak, milestones, factor=decay_factor)

@@ -40,7 +40,7 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
                                                  exclusive_minimum=True)
         if not isinstance(milestones, (list, tuple)) or not milestones:
             raise TypeError(f"`milestones` must be a non-empty list of ints; received milestones={milestones!r}.")
-        milestones = [check_int("milestones[i]", m, minimum=1) for m in milestones]
+        milestones = [check_int(f"milestones[{i}]", m, minimum=1) for i, m in enumerate(milestones)]
         if any(b <= a for a, b in zip(milestones, milestones[1:])):
             raise ValueError(f"`milestones` must be strictly increasing; received milestones={milestones}.")
         self.milestones = milestones
