@@ -45,9 +45,17 @@ def test_bad_demo_numbers_are_usage_errors_before_any_work(argv, capsys):
     assert "--" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("subcommand", ["demo", "inspect", "plot-schedule"])
+@pytest.mark.parametrize("subcommand", ["demo", "inspect", "plot-schedule", "experiment", "experiment warmup"])
 def test_every_subcommand_has_help(subcommand):
-    result = subprocess.run([sys.executable, "-m", "keras_trainx", subcommand, "--help"],
+    result = subprocess.run([sys.executable, "-m", "keras_trainx", *subcommand.split(), "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert f"usage: keras-trainx {subcommand}" in result.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    assert cli.main(["experiment", "warmup", "--quick", "--no-plot", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("keras-trainx experiment: error: keras-trainx experiment warmup needs the optional package "
+                   "'sklearn', which is not installed: pip install 'keras_trainx[demo]'\n")
