@@ -17,6 +17,7 @@ import keras
 
 from keras_trainx.experiments.digits import TRAIN_SIZE, build_cnn, load_digits_standardized
 from keras_trainx.experiments.progress import ProgressBar
+from keras_trainx.fit import fit_accumulated
 from keras_trainx.schedules import MultiStepDecay, WarmUp, epochs_to_steps, updates_per_epoch
 from keras_trainx.validation import check_bool, check_choice, check_float, check_int
 
@@ -192,9 +193,6 @@ def warmup_sweep(batch_sizes: Sequence[int] = FULL["batch_sizes"], seeds: Sequen
 
 def _train(batch_size: int, warmup: bool, seed: int, data: tuple, *, epochs: int, micro_batch: int, momentum: float,
            weight_decay: float, remainder: str, **settings: Any) -> dict[str, Any]:
-    import keras
-
-    import keras_trainx
 
     x_train, y_train, x_test, y_test = data
     accum_steps = batch_size // micro_batch
@@ -209,7 +207,7 @@ def _train(batch_size: int, warmup: bool, seed: int, data: tuple, *, epochs: int
         metrics=["accuracy"],
     )
     began = time.monotonic()
-    history = keras_trainx.fit_accumulated(
+    history = fit_accumulated(
         model, x_train, y_train, batch_size=micro_batch, accum_steps=accum_steps,
         remainder=remainder, epochs=epochs, verbose=0,
     )
