@@ -10,7 +10,8 @@ if keras.backend.backend() != "tensorflow":
     )
 
 from keras_trainx.fit import fit_accumulated  # noqa: E402
+from keras_trainx.loss_divisor import set_loss_divisor  # noqa: E402
 from keras_trainx import activations, layers, schedules  # noqa: E402
 from keras_trainx.saving import custom_objects, load_model  # noqa: E402
 from keras_trainx.data import AugmentedSequence  # noqa: E402
-from keras_trainx import distribute  # noqa: E402
+from keras_trainx import distribute, planning  # noqa: E402

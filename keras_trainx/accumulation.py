@@ -2,7 +2,7 @@
 
 One call of `WindowStep` pulls up to `num_steps` micro-batches from a (distributed) iterator, runs
 forward and backward passes on each, adds the gradients into per-replica accumulators (no cross-replica
-traffic), and then applies their sum once, normalized by the window's GLOBAL normalizer. The result
+traffic), and then applies their sum once, normalized by the window's GLOBAL counts. The result
 equals one `Model.fit` step on the concatenation of the window's micro-batches:
 
     big-batch loss  = (sum of weighted per-element losses) / (the big batch's divisor)
@@ -10,9 +10,10 @@ equals one `Model.fit` step on the concatenation of the window's micro-batches:
                                               c_i = its divisor, C = sum_i c_i
 
 so each micro-step accumulates `c_i * grad(L_i)` (unscaled, in the variables' dtype, float32 under
-mixed precision) and the update divides by `C` (`keras_trainx.loss_normalization` finds `c_i`).
-Regularization losses enter once per update: their weights `c_i / C` sum to one (with `"sum"`, only
-the first micro-step keeps them).
+mixed precision) and the update divides by `C` (`keras_trainx.loss_normalization` finds `c_i`, and
+splits off the losses layers add, which the big batch counts differently). Weight penalties enter
+once per update: their weights `c_i / C` sum to one (with `"sum"`, only the first micro-step keeps
+them).
 
 The loss `Model.fit` reports, and each output's loss of a multi-output model, are updated once per
 window with the window's big-batch value (`keras_trainx.window_metrics`), so epoch logs equal those
@@ -30,14 +31,52 @@ import keras
 import tensorflow as tf
 
 from keras_trainx import compat
-from keras_trainx.accumulators import Accumulators
-from keras_trainx.loss_normalization import loss_reduction, micro_batch_divisor, regularization
+from keras_trainx.accumulators import Accumulators, as_dense
+from keras_trainx.loss_divisor import recording_loss_divisor
+from keras_trainx.loss_normalization import DIVISOR, ONE, SAMPLES, loss_reduction, split_loss
 from keras_trainx.window_metrics import WindowLossMetrics
 
 _WINDOW_STEPS: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
-# Window statistics, summed across replicas in one all-reduce: divisor C, sum of c_i * L_i, samples,
-# the count Keras added to an output's loss metric, then sum of c_i * L_ik for each output k.
-_DIVISOR, _WEIGHTED_LOSS, _SAMPLES, _OUTPUT_COUNT, _OUTPUT_LOSSES = 0, 1, 2, 3, slice(4, None)
+
+
+class WindowStatistics:
+    """Names and positions of the window's statistics, summed across replicas in one all-reduce.
+
+    `divisor` (C), `samples` (N), the numerators of the big batch's loss per group (`divisor_loss`
+    = sum c_i * L_i, `samples_loss`, `one_loss`), `output_count` (what Keras added to an output's
+    loss metric); for the noise scale, the micro-steps' `micro_norms` (sum |g_i|^2),
+    `micro_inverse_sizes` (sum 1/b_i) and `micro_steps`, and each replica's unbiased estimates
+    `noise_trace` (tr(Sigma)) and `noise_gradient` (|G|^2) with `noise_replicas` (replicas that made
+    one); then each output's sum c_i * L_ik.
+    """
+
+    NAMES = ("divisor", "samples", "divisor_loss", "samples_loss", "one_loss", "output_count",
+             "micro_norms", "micro_inverse_sizes", "micro_steps", "noise_trace", "noise_gradient",
+             "noise_replicas")
+
+    def __init__(self, num_outputs: int) -> None:
+        self.size = len(self.NAMES) + num_outputs
+        self.outputs = slice(len(self.NAMES), None)
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.NAMES.index(name)
+        except ValueError:
+            raise AttributeError(name) from None
+
+    def vector(self, **values: tf.Tensor) -> tf.Tensor:
+        """A statistics vector holding `values` (by name; `outputs`: a list) and zeros elsewhere."""
+        outputs = values.pop("outputs", [])
+        entries = [tf.cast(values.get(name, 0.0), tf.float32) for name in self.NAMES]
+        return tf.stack([*entries, *(tf.cast(o, tf.float32) for o in outputs)])
+
+
+class _MissingGroups(Exception):
+    """Raised while tracing when the model's losses need accumulator groups not yet created."""
+
+    def __init__(self, groups: set[str]) -> None:
+        super().__init__(sorted(groups))
+        self.groups = groups
 
 
 class WindowStep:
@@ -47,14 +86,18 @@ class WindowStep:
         model: a compiled, built `keras.Model` (built under the strategy scope it trains with).
         apply_partial: whether a window that ends early (the data ran out) is applied as its own
             update, normalized by its own samples; if False it is discarded.
+        measure_noise: whether each update also estimates the gradient noise scale (McCandlish et
+            al. 2018, appendix A) from the micro-batch and window gradients.
 
     Calling it with `(iterator, num_steps)` runs a window of up to `num_steps` micro-batches and
-    returns `(processed, logs)`: how many micro-batches were consumed and the model's metric results.
+    returns `(processed, logs, statistics)`: how many micro-batches were consumed, the model's metric
+    results and the window's statistics (all replicas) as a numpy vector (see `WindowStatistics`).
     """
 
-    def __init__(self, model: keras.Model, apply_partial: bool) -> None:
+    def __init__(self, model: keras.Model, apply_partial: bool, measure_noise: bool = False) -> None:
         self.model = model
         self.apply_partial = apply_partial
+        self.measure_noise = measure_noise
         self.strategy = model.distribute_strategy
         self.reduction = loss_reduction(model)
         self._variables = list(model.trainable_variables)
@@ -64,27 +107,34 @@ class WindowStep:
         self._compute_loss_has_training = (
             "training" in inspect.signature(model.compute_loss).parameters
         )
-        self._sums = Accumulators(self.strategy, self._variables, 4 + len(self._loss_metrics))
+        self.statistics = WindowStatistics(len(self._loss_metrics))
+        self._sums = Accumulators(self.strategy, self._variables, self.statistics.size)
         self._function = self._make_function()
 
     @classmethod
-    def for_model(cls, model: keras.Model, apply_partial: bool) -> "WindowStep":
+    def for_model(cls, model: keras.Model, apply_partial: bool, measure_noise: bool = False) -> "WindowStep":
         """The model's cached window step, traced once, as `Model.fit` keeps its train_function.
 
         A new one is made when the model was recompiled or its compiled state changed. The cache
         is keyed weakly by the model, so the accumulators never become model state.
         """
-        key = (apply_partial, id(model.optimizer), id(compat.loss_tracker(model)),
+        key = (apply_partial, measure_noise, id(model.optimizer), id(compat.loss_tracker(model)),
                model.run_eagerly, model.jit_compile, tuple(map(id, model.trainable_variables)))
         cached = _WINDOW_STEPS.get(model)
         if cached is None or cached[0] != key:
-            cached = (key, cls(model, apply_partial))
+            cached = (key, cls(model, apply_partial, measure_noise))
             _WINDOW_STEPS[model] = cached
         return cached[1]
 
-    def __call__(self, iterator: Any, num_steps: int) -> tuple[int, dict]:
-        processed, logs = self._function(iterator, tf.constant(num_steps, tf.int32))
-        return int(processed), logs
+    def __call__(self, iterator: Any, num_steps: int) -> tuple[int, dict, Any]:
+        try:
+            processed, logs, statistics = self._function(iterator, tf.constant(num_steps, tf.int32))
+        except _MissingGroups as missing:  # found while tracing: nothing ran, no data was read
+            for group in missing.groups:
+                self._sums.add_group(group)
+            self._function = self._make_function()
+            processed, logs, statistics = self._function(iterator, tf.constant(num_steps, tf.int32))
+        return int(processed), logs, statistics.numpy()
 
     def skip(self, iterator: Any, num_steps: int) -> int:
         """Consumes up to `num_steps` micro-batches without training on them; returns how many."""
@@ -104,11 +154,11 @@ class WindowStep:
                                      autograph=False)
             apply_step = tf.function(apply_step, jit_compile=True, autograph=False)
 
-        def window(iterator: Any, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict]:
+        def window(iterator: Any, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict, tf.Tensor]:
             self.strategy.run(self._zero_step)
             first = iterator.get_next_as_optional()
 
-            def run_window() -> tf.Tensor:
+            def run_window() -> tuple[tf.Tensor, tf.Tensor]:
                 self.strategy.run(micro_step, args=(first.get_value(), True))
 
                 def cond(step: tf.Tensor, next_inputs: Any) -> tf.Tensor:
@@ -133,24 +183,29 @@ class WindowStep:
                     cond, body, [tf.constant(1), second], parallel_iterations=1
                 )
                 if self.apply_partial:
-                    self.strategy.run(apply_step)
+                    totals = self._apply(apply_step)
                 else:
-                    tf.cond(
+                    totals = tf.cond(
                         tf.equal(processed, num_steps),
-                        lambda: self.strategy.run(apply_step),
-                        lambda: None,
+                        lambda: self._apply(apply_step),
+                        lambda: tf.zeros(self.statistics.size),
                     )
-                return processed
+                return processed, totals
 
-            processed = tf.cond(first.has_value(), run_window, lambda: tf.constant(0))
-            return processed, model.get_metrics_result()
+            processed, totals = tf.cond(first.has_value(), run_window,
+                                        lambda: (tf.constant(0), tf.zeros(self.statistics.size)))
+            return processed, model.get_metrics_result(), totals
 
         if not model.run_eagerly:
             window = tf.function(window, reduce_retracing=True, autograph=False)
         return window
 
+    def _apply(self, apply_step: Callable) -> tf.Tensor:
+        totals = self.strategy.run(apply_step)
+        return self.strategy.experimental_local_results(totals)[0]
+
     def _micro_step(self, data: Any, first: bool) -> None:
-        """Forward and backward pass of one micro-batch; adds c_i * grad(L_i) to the accumulators."""
+        """Forward and backward pass of one micro-batch; adds its weighted gradients to the sums."""
         model = self.model
         data = tf.nest.map_structure(
             lambda v: None if isinstance(v, tf.experimental.Optional) else v, data
@@ -158,32 +213,50 @@ class WindowStep:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         output_metric_states = self._loss_metrics.snapshot()
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            loss = self._compute_loss(x, y, y_pred, sample_weight)
-            if self.reduction == "sum":
-                # Summed losses are not divided across replicas; regularization is (by Keras),
-                # and it enters the window's sum once: on its first micro-step.
-                if not first and model.losses:
-                    loss -= regularization(model)
-                reported = loss
-                weight = tf.constant(1.0)
-            else:
+        optimizer = model.optimizer
+        with tf.GradientTape(persistent=len(self._sums.gradients) > 1) as tape:
+            with recording_loss_divisor() as recorded_divisors:
+                y_pred = model(x, training=True)
+                loss = self._compute_loss(x, y, y_pred, sample_weight)
+            if self.reduction != "sum":
                 loss = compat.unscale_for_distribution(loss)
-                reported = loss
-                weight = tf.cast(micro_batch_divisor(self.reduction, y_pred, sample_weight, batch_size),
-                                 tf.float32)
-            scaled_loss = model.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, self._variables) if self._variables else []
-        output_count, output_losses = self._loss_metrics.take_back(output_metric_states)
+            parts = split_loss(model, self.reduction, loss, y_pred, sample_weight, batch_size,
+                               first, recorded_divisors)
+            missing = set(parts.groups) - set(self._sums.gradients)
+            if missing and not tf.executing_eagerly():
+                raise _MissingGroups(missing)
+            for group in missing:  # run eagerly: create them now
+                self._sums.add_group(group)
+            scaled = {group: optimizer.scale_loss(objective)
+                      for group, (objective, _) in parts.groups.items()}
         # Weighting by c_i happens on the unscaled float32 gradient, not inside the tape.
-        self._sums.add(gradients, weight, _loss_scale(model.optimizer), tf.stack([
-            weight,
-            weight * tf.cast(reported, tf.float32),
-            tf.cast(batch_size, tf.float32),
-            output_count,
-            *(weight * output_loss for output_loss in output_losses),
-        ]))
+        unscale = _loss_scale(optimizer)
+        micro_gradient: list[tf.Tensor | None] = [None] * len(self._variables)
+        for group, (_, weight) in parts.groups.items():
+            gradients = [as_dense(g, v.dtype, unscale) for g, v in
+                         zip(tape.gradient(scaled[group], self._variables), self._variables)]
+            self._sums.add(group, gradients, weight)
+            if self.measure_noise:
+                micro_gradient = [g if m is None else (m if g is None else m + g)
+                                  for m, g in zip(micro_gradient, gradients)]
+        del tape
+        output_count, output_losses = self._loss_metrics.take_back(output_metric_states)
+        samples = tf.cast(batch_size, tf.float32)
+        statistics = {
+            "divisor": parts.divisor,
+            "samples": samples,
+            "output_count": output_count,
+            "outputs": [parts.divisor * output_loss for output_loss in output_losses],
+        }
+        for group, name in ((DIVISOR, "divisor_loss"), (SAMPLES, "samples_loss"), (ONE, "one_loss")):
+            if group in parts.groups:
+                objective, weight = parts.groups[group]
+                statistics[name] = weight * tf.cast(objective, tf.float32)
+        if self.measure_noise:
+            statistics["micro_norms"] = _squared_norm(micro_gradient)
+            statistics["micro_inverse_sizes"] = tf.math.reciprocal_no_nan(samples)
+            statistics["micro_steps"] = 1.0
+        self._sums.statistics.assign_add(self.statistics.vector(**statistics))
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _compute_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
@@ -194,18 +267,55 @@ class WindowStep:
     def _zero_step(self) -> None:
         self._sums.zero()
 
-    def _apply_step(self) -> None:
-        """One optimizer update with the window's sum of gradients over its global divisor."""
-        totals = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.identity(self._sums.statistics)
-        )
-        divisor = tf.constant(1.0) if self.reduction == "sum" else totals[_DIVISOR]
-        pairs = self._sums.gradient_pairs(divisor, _loss_scale(self.model.optimizer))
+    def _apply_step(self) -> tf.Tensor:
+        """One optimizer update with the window's gradient sums over their global counts."""
+        names = self.statistics
+        local = tf.identity(self._sums.statistics)
+        if self.measure_noise:
+            local = self._with_noise_estimates(local)
+        totals = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+        divisor = tf.constant(1.0) if self.reduction == "sum" else totals[names.divisor]
+        divisors = {DIVISOR: divisor, SAMPLES: totals[names.samples], ONE: tf.constant(1.0)}
+        scale = _loss_scale(self.model.optimizer)
+        pairs = [(gradient if scale is None else gradient * tf.cast(scale, gradient.dtype), variable)
+                 for gradient, variable in zip(self._sums.window_gradients(divisors), self._variables)
+                 if gradient is not None]
         if pairs:
             self.model.optimizer.apply_gradients(pairs)
-        local = tf.identity(self._sums.statistics)
-        self._loss_metrics.update(totals[_WEIGHTED_LOSS], totals[_OUTPUT_LOSSES], divisor,
-                                  samples=local[_SAMPLES], counted=local[_OUTPUT_COUNT])
+        loss = (tf.math.divide_no_nan(totals[names.divisor_loss], divisor)
+                + tf.math.divide_no_nan(totals[names.samples_loss], totals[names.samples])
+                + totals[names.one_loss])
+        self._loss_metrics.update(loss, totals[names.outputs], divisor,
+                                  samples=local[names.samples], counted=local[names.output_count])
+        return totals
+
+    def _with_noise_estimates(self, local: tf.Tensor) -> tf.Tensor:
+        """`local` with this replica's unbiased estimates of tr(Sigma) and |G|^2 in the noise entries.
+
+        With `a` the mean of the micro-batch gradients' squared norms, `h` the mean of their
+        `1/b_i` and `|G_B|^2` the squared norm of this replica's window gradient (`B` samples):
+        `E[a] = |G|^2 + tr(Sigma) h` and `E[|G_B|^2] = |G|^2 + tr(Sigma) / B`, solved for both.
+        A window of one micro-batch carries no estimate.
+        """
+        names = self.statistics
+        steps = local[names.micro_steps]
+        samples = local[names.samples]
+        divisor = tf.constant(1.0) if self.reduction == "sum" else local[names.divisor]
+        divisors = {DIVISOR: divisor, SAMPLES: samples, ONE: tf.constant(1.0)}
+        window = _squared_norm(self._sums.window_gradients(divisors))
+        mean_squares = tf.math.divide_no_nan(local[names.micro_norms], steps)
+        spread = (tf.math.divide_no_nan(local[names.micro_inverse_sizes], steps)
+                  - tf.math.reciprocal_no_nan(samples))
+        valid = tf.logical_and(steps > 1.0, spread > 0.0)
+        trace = tf.where(valid, tf.math.divide_no_nan(mean_squares - window, spread), 0.0)
+        gradient = tf.where(valid, window - tf.math.divide_no_nan(trace, samples), 0.0)
+        noise = tf.stack([trace, gradient, tf.cast(valid, tf.float32)])
+        return tf.concat([local[:names.noise_trace], noise, local[names.noise_replicas + 1:]], axis=0)
+
+
+def _squared_norm(tensors: list[tf.Tensor | None]) -> tf.Tensor:
+    squares = [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tensors if t is not None]
+    return tf.add_n(squares) if squares else tf.constant(0.0)
 
 
 def _loss_scale(optimizer: keras.optimizers.Optimizer) -> tf.Tensor | None:

@@ -1,15 +1,19 @@
-"""Per-replica sums of a window: each trainable variable's gradient and the window's statistics.
+"""Per-replica sums of a window: gradient sums per divisor group, and the window's statistics.
 
 The sums are `ON_READ` variables with `SUM` aggregation, created under the model's strategy: a
 micro-step adds to its own replica's copy with no cross-replica traffic, and the update reads them
-once. They belong to no model, so they never appear in `get_weights()` or a saved model.
+once. They belong to no model, so they never appear in `get_weights()` or a saved model. Every model
+has the gradient group of its compiled loss (`"divisor"`); a group for losses that the big batch
+divides by another count (`keras_trainx.loss_normalization`) is added when a model first needs it.
 """
 
 import tensorflow as tf
 
+from keras_trainx.loss_normalization import DIVISOR
+
 
 class Accumulators:
-    """Gradient sums for `variables` and a statistics vector of `num_statistics` float32 entries.
+    """Gradient sums for `variables`, per group, and a statistics vector of float32 entries.
 
     Args:
         strategy: the `tf.distribute.Strategy` the model trains under.
@@ -19,49 +23,75 @@ class Accumulators:
 
     def __init__(self, strategy: tf.distribute.Strategy, variables: list[tf.Variable],
                  num_statistics: int) -> None:
+        self.strategy = strategy
         self.variables = variables
-        self._with_gradient = [False] * len(variables)
+        self.gradients: dict[str, list[tf.Variable]] = {}
+        self._with_gradient: dict[str, list[bool]] = {}
         with strategy.scope():
-            self.gradients = [_replica_sum(tf.zeros(v.shape, v.dtype),
-                                           "accumulated_" + v.name.replace("/", "_").replace(":", "_"))
-                              for v in variables]
             self.statistics = _replica_sum(tf.zeros(num_statistics), "accumulated_window_statistics")
+        self.add_group(DIVISOR)
+
+    def add_group(self, group: str) -> None:
+        """Creates the gradient sums of `group` (outside any traced function)."""
+        with tf.init_scope(), self.strategy.scope():
+            self.gradients[group] = [
+                _replica_sum(tf.zeros(v.shape, v.dtype),
+                             f"accumulated_{group}_" + v.name.replace("/", "_").replace(":", "_"))
+                for v in self.variables
+            ]
+        self._with_gradient[group] = [False] * len(self.variables)
 
     def zero(self) -> None:
         """Resets this replica's sums (at the start of every window)."""
-        for accumulator in self.gradients:
-            accumulator.assign(tf.zeros_like(accumulator))
+        for accumulators in self.gradients.values():
+            for accumulator in accumulators:
+                accumulator.assign(tf.zeros_like(accumulator))
         self.statistics.assign(tf.zeros_like(self.statistics))
 
-    def add(self, gradients: list[tf.Tensor | None], weight: tf.Tensor, unscale: tf.Tensor | None,
-            statistics: tf.Tensor) -> None:
-        """Adds `weight * gradient / unscale` per variable (None: no gradient) and `statistics`.
+    def add(self, group: str, gradients: list[tf.Tensor | None], weight: tf.Tensor) -> None:
+        """Adds `weight * gradient` to `group`'s sum of each variable (None: no gradient).
 
-        The gradients are cast to the accumulators' dtype (the variables', float32 under mixed
-        precision) before the weight is applied, so mixed-precision backward passes see the same
+        `gradients` are float tensors in the accumulators' dtype (the variables', float32 under
+        mixed precision), already unscaled, so mixed-precision backward passes see the same
         magnitudes as in `Model.fit`.
         """
-        for index, (accumulator, gradient) in enumerate(zip(self.gradients, gradients)):
+        with_gradient = self._with_gradient[group]
+        for index, (accumulator, gradient) in enumerate(zip(self.gradients[group], gradients)):
             if gradient is None:
                 continue
-            self._with_gradient[index] = True
-            gradient = tf.cast(tf.convert_to_tensor(gradient), accumulator.dtype)
-            if unscale is not None:
-                gradient = gradient / tf.cast(unscale, gradient.dtype)
+            with_gradient[index] = True
             accumulator.assign_add(gradient * tf.cast(weight, gradient.dtype))
-        self.statistics.assign_add(statistics)
 
-    def gradient_pairs(self, divisor: tf.Tensor, scale: tf.Tensor | None) -> list[tuple[tf.Tensor, tf.Variable]]:
-        """`(sum / divisor * scale, variable)` for every variable that received a gradient."""
-        pairs = []
-        for accumulator, variable, has_gradient in zip(self.gradients, self.variables, self._with_gradient):
-            if not has_gradient:
-                continue
-            gradient = tf.identity(accumulator) / tf.cast(divisor, accumulator.dtype)
-            if scale is not None:
-                gradient = gradient * tf.cast(scale, gradient.dtype)
-            pairs.append((gradient, variable))
-        return pairs
+    def window_gradients(self, divisors: dict[str, tf.Tensor]) -> list[tf.Tensor | None]:
+        """Each variable's `sum over groups of (group's sum / its divisor)`, or None: no gradient.
+
+        A divisor of 0 (a window whose every sample weight is 0, or every token masked) gives a
+        zero gradient, as Keras' reductions divide with `divide_no_nan`.
+        """
+        totals: list[tf.Tensor | None] = [None] * len(self.variables)
+        for group, accumulators in self.gradients.items():
+            for index, (accumulator, has_gradient) in enumerate(zip(accumulators, self._with_gradient[group])):
+                if not has_gradient:
+                    continue
+                part = tf.math.divide_no_nan(tf.identity(accumulator),
+                                             tf.cast(divisors[group], accumulator.dtype))
+                totals[index] = part if totals[index] is None else totals[index] + part
+        return totals
+
+
+def as_dense(gradient: tf.Tensor | tf.IndexedSlices | None, dtype: tf.DType,
+             unscale: tf.Tensor | None) -> tf.Tensor | None:
+    """`gradient` as a dense tensor of `dtype`, divided by the loss scale `unscale` if given.
+
+    A sparse (`tf.IndexedSlices`) gradient is summed over its repeated indices here, so optimizers
+    see the standard (dense) gradient.
+    """
+    if gradient is None:
+        return None
+    gradient = tf.cast(tf.convert_to_tensor(gradient), dtype)
+    if unscale is not None:
+        gradient = gradient / tf.cast(unscale, dtype)
+    return gradient
 
 
 def _replica_sum(initial_value: tf.Tensor, name: str) -> tf.Variable:

@@ -34,6 +34,30 @@ def output_loss_metrics(model: Any) -> list:
     return list(compile_loss.metrics) if compile_loss is not None else []
 
 
+def forward_losses(model: Any) -> list[tuple[Any, bool]]:
+    """The losses the model's layers added in their last call, each with whether it came from an
+    `activity_regularizer` (which Keras divides by the batch size) rather than `add_loss` in `call`.
+
+    `model.losses` mixes these with the weight penalties and keeps no provenance. Each layer's own
+    list (`_get_own_losses()`, over `_flatten_layers()`) is what `model.losses` itself is made of;
+    Keras has no public handle on either. A layer that has an `activity_regularizer` is taken to
+    add no other loss of its own (Keras' layers do not).
+    """
+    return [(loss, layer.activity_regularizer is not None)
+            for layer in model._flatten_layers(include_self=True)
+            for loss in layer._get_own_losses()]
+
+
+def backup_metadata_path(callback: Any) -> str:
+    """The file where `keras.callbacks.BackupAndRestore` records the epoch and batch it saved at.
+
+    Keras writes `{"epoch": e, "batch": b}` there with every backup but, on restore, reads only the
+    epoch (`Model.fit` then repeats the epoch's batches up to `b`); the path
+    (`_training_metadata_path`) has no public name.
+    """
+    return callback._training_metadata_path
+
+
 def keras_mask(tensor: Any) -> Any:
     """The Keras mask a layer attached to `tensor` (e.g. from `Embedding(mask_zero=True)`), or None.
 
@@ -68,7 +92,7 @@ def build_from_local_batch(model: Any) -> Iterator[None]:
     """
 
     def local_spec(spec: Any) -> Any:
-        if isinstance(spec, tf.OptionalSpec):
+        if isinstance(spec, (tf.OptionalSpec, tf.NoneTensorSpec)):
             return None  # an optional input the data leaves out, as Model.fit sees it
         if isinstance(spec, PerReplicaSpec):
             return spec._value_specs[0]

@@ -6,6 +6,8 @@ supplies the function `Model.fit` calls once per execution (`model.train_functio
 accumulation windows, and restores the model's own functions afterwards, also when the run fails.
 """
 
+import json
+import os
 from typing import Any
 
 import keras
@@ -14,6 +16,8 @@ from keras_trainx import compat
 from keras_trainx.accumulation import WindowStep
 from keras_trainx.loss_normalization import loss_reduction
 from keras_trainx.data.epochs import epoch_callbacks
+from keras_trainx.planning.noise_scale import GradientNoiseScale
+from keras_trainx.schedules.accumulation import AccumulationSchedule, as_accumulation_schedule
 from keras_trainx.validation import check_choice, check_int
 
 REMAINDERS = ("apply", "drop")
@@ -24,7 +28,7 @@ def fit_accumulated(
     x: Any = None,
     y: Any = None,
     *,
-    accum_steps: int,
+    accum_steps: int | dict[int, int] | AccumulationSchedule,
     remainder: str = "apply",
     **fit_kwargs: Any,
 ) -> keras.callbacks.History:
@@ -33,25 +37,39 @@ def fit_accumulated(
     Every update equals one `Model.fit` step on the concatenation of its window's micro-batches: the
     per-sample (weighted) losses are summed over the window and divided by the count the big batch
     would divide by, so unequal micro-batches, sample weights, class weights, masked losses and every
-    Keras loss reduction give exactly the big-batch gradient. Regularization losses count once per
-    update; the optimizer step counter, learning-rate schedules, weight decay, gradient clipping and
-    EMA act once per update. The reported `loss` is each window's big-batch loss; other metrics
-    update on every micro-batch, which gives the big batch's values for Keras' stateful metrics.
+    Keras loss reduction give exactly the big-batch gradient. Losses that layers add count as the
+    big batch counts them: weight penalties once per update, `activity_regularizer` losses as means
+    over the window's samples, `add_loss` terms computed in `call` as sums over every micro-batch
+    (Keras' `add_loss(ops.sum(...))`). The optimizer step counter, learning-rate schedules, weight
+    decay, gradient clipping and EMA act once per update. The reported `loss` is each window's
+    big-batch loss; other metrics update on every micro-batch, which gives the big batch's values
+    for Keras' stateful metrics. Embedding gradients are summed densely, as standard Adam
+    (Keras' JAX backend) computes them.
 
     Keras' own `Model.fit` runs the loop (the model class's `fit`, so a subclass that overrides it,
     as KerasHub tasks do to attach preprocessing, keeps its behaviour): every `Model.fit` argument
     is accepted, callbacks, validation and `History` are `fit`'s. One compiled call runs a whole
     window: micro-steps accumulate into per-replica variables with no cross-replica traffic, then
     one `apply_gradients` all-reduces once (under `tf.distribute`, build and compile the model under
-    `strategy.scope()`). An `AugmentedSequence` given as `x` is told each epoch's number.
+    `strategy.scope()`). An `AugmentedSequence` given as `x` is told each epoch's number, and orders
+    its batches itself (Keras' batch shuffle, from Python's global `random`, is not added), so a
+    resumed run sees the same batches. A `keras.callbacks.BackupAndRestore(save_freq=n)` run that
+    is interrupted inside an epoch resumes after the last saved window instead of repeating the
+    epoch's first windows, as `Model.fit` does. A `keras_trainx.planning.GradientNoiseScale`
+    callback makes every update also estimate the gradient noise scale.
 
     Args:
         model: a compiled `keras.Model`. Its optimizer must not use Keras'
             `gradient_accumulation_steps`. A model that overrides `train_step` trains with its own
-            step when `accum_steps=1`; for `accum_steps > 1` override `compute_loss` instead.
+            step when `accum_steps=1`; for `accum_steps > 1` override `compute_loss` instead: it is
+            taken to return a mean over the micro-batch's samples, unless it reports the count it
+            divides by with `keras_trainx.set_loss_divisor`.
         x, y: training data, as for `Model.fit`: numpy arrays or tensors, a `tf.data.Dataset`, a
-            `keras.utils.PyDataset` or a Python generator (the last three yield micro-batches).
-        accum_steps: positive int, micro-batches per update. The effective batch size is
+            `keras.utils.PyDataset` or a Python generator (the last three yield micro-batches). An
+            input that runs dry ends its epoch there (a shorter last window, as `remainder` says).
+        accum_steps: micro-batches per update, an int >= 1; or a dict `{epoch: accum_steps}` (or a
+            `keras_trainx.schedules.AccumulationSchedule`) that changes it from those epochs on
+            (epochs before the first key use 1). The effective batch size is
             `batch_size * accum_steps`.
         remainder: what to do with a window cut short by the end of an epoch: `"apply"` (default)
             applies it as its own update, normalized by its own samples; `"drop"` discards it (for
@@ -74,45 +92,77 @@ def fit_accumulated(
     >>> int(model.optimizer.iterations)  # one update per epoch: 8 + 8 + 8 + 3 samples
     2
     """
-    accum_steps = check_int("accum_steps", accum_steps, minimum=1,
-                            hint="It counts micro-batches per update; 1 means no accumulation.")
+    schedule = as_accumulation_schedule(accum_steps)
     check_choice("remainder", remainder, REMAINDERS,
                  hint="'apply' applies a window cut short at the end of an epoch as its own "
                       "update, 'drop' discards it.")
-    _check_model(model, accum_steps)
-    _check_fit_counts(fit_kwargs)
+    _check_model(model, max(schedule.factors))
+    _check_fit_arguments(x, fit_kwargs)
     if type(model).train_step is not keras.Model.train_step:
         return model.fit(x, y, **fit_kwargs)
     loss_reduction(model)
 
     steps_per_execution = model.steps_per_execution
     saved = (model.train_function, model.test_function, steps_per_execution)
-    position = _WindowPosition()
-    added = [position, *epoch_callbacks(x)]
-    fit_kwargs["callbacks"] = _with_callbacks(fit_kwargs.get("callbacks"), added)
+    callbacks = fit_kwargs.get("callbacks")
+    listed = list(callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else callbacks or [])
+    position = _WindowPosition(schedule, _resume_metadata_path(listed))
+    sequence_callbacks = epoch_callbacks(x)
+    added = [position, *sequence_callbacks]
+    fit_kwargs["callbacks"] = _with_callbacks(callbacks, added)
+    if sequence_callbacks and getattr(x, "shuffle", False):
+        fit_kwargs["shuffle"] = False  # the sequence orders its batches by (seed, epoch) itself
+    noise_scales = [c for c in listed if isinstance(c, GradientNoiseScale)]
+    if noise_scales and max(schedule.factors) < 2:
+        raise ValueError(
+            "GradientNoiseScale compares micro-batch and window gradients, so it needs "
+            f"accum_steps >= 2; received accum_steps={accum_steps!r}."
+        )
+    for noise_scale in noise_scales:
+        noise_scale.attach(True)
     try:
         with compat.build_from_local_batch(model):
             # Keras builds the model (above), then calls `make_train_function()`, which keeps the
             # function set here, and calls it once per execution of `steps_per_execution` batches.
-            model.train_function = _TrainFunction(
-                model, accum_steps, steps_per_execution, remainder == "apply", position
-            )
+            model.train_function = _TrainFunction(model, remainder == "apply", position, noise_scales)
             model.test_function = None  # validation runs with this execution length too
-            model.steps_per_execution = accum_steps * steps_per_execution
+            model.steps_per_execution = schedule.micro_batches_per_call * steps_per_execution
             return model.fit(x, y, **fit_kwargs)
     finally:
         model.train_function, model.test_function, model.steps_per_execution = saved
+        for noise_scale in noise_scales:
+            noise_scale.attach(False)
         if isinstance(fit_kwargs["callbacks"], keras.callbacks.CallbackList):
             for callback in added:
                 fit_kwargs["callbacks"].callbacks.remove(callback)
 
 
-def _check_fit_counts(fit_kwargs: dict[str, Any]) -> None:
-    """Refuses counts of `fit` that have no meaning (Keras would take `batch_size=0` for its default)."""
+def _check_fit_arguments(x: Any, fit_kwargs: dict[str, Any]) -> None:
+    """Refuses what `fit` would fail on obscurely (Keras takes `batch_size=0` for its default)."""
+    if x is None:
+        raise ValueError(
+            "x is None: fit_accumulated needs training data, as model.fit does. Pass arrays "
+            "(x, y), a tf.data.Dataset, a keras.utils.PyDataset or a generator."
+        )
     for name, minimum in (("batch_size", 1), ("epochs", 0), ("initial_epoch", 0), ("steps_per_epoch", 1),
                           ("validation_batch_size", 1), ("validation_steps", 1)):
         if fit_kwargs.get(name) is not None:
             check_int(name, fit_kwargs[name], minimum=minimum)
+    callbacks = fit_kwargs.get("callbacks")
+    if callbacks is None or isinstance(callbacks, keras.callbacks.CallbackList):
+        return
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(
+            "`callbacks` must be a list of keras.callbacks.Callback objects; received "
+            f"callbacks={callbacks!r} of type {type(callbacks).__name__}."
+        )
+    for index, callback in enumerate(callbacks):
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise TypeError(
+                f"`callbacks[{index}]` must be a keras.callbacks.Callback; received {callback!r} of "
+                f"type {type(callback).__name__}. Subclass keras.callbacks.Callback, or use "
+                "keras.callbacks.LambdaCallback for plain functions."
+            )
 
 
 def _check_model(model: keras.Model, accum_steps: int) -> None:
@@ -152,16 +202,42 @@ def _with_callbacks(callbacks: Any, added: list) -> Any:
     return [*added, *(callbacks or [])]
 
 
+def _resume_metadata_path(callbacks: list) -> str | None:
+    """The training-state file of a `BackupAndRestore` that saves every `n` batches, or None."""
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore) and isinstance(callback.save_freq, int):
+            return compat.backup_metadata_path(callback)
+    return None
+
+
 class _WindowPosition(keras.callbacks.Callback):
-    """Tells the train function where in the epoch its execution begins.
+    """Tells the train function where in the epoch its execution begins, and the epoch's window.
 
     With `steps_per_epoch`, `Model.fit` keeps one data iterator across epochs, so an execution must
-    stop at the epoch's last micro-batch instead of running until the data ends.
+    stop at the epoch's last micro-batch instead of running until the data ends. After a
+    `BackupAndRestore(save_freq=n)` restored a run saved inside an epoch, `Model.fit` starts that
+    epoch again from its first batch: the executions up to the saved batch are skipped (their
+    micro-batches read, not trained on), so the run continues from the saved weights exactly.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, schedule: AccumulationSchedule, resume_metadata_path: str | None) -> None:
         super().__init__()
+        self.schedule = schedule
+        self.accum_steps = schedule.at(0)
         self.begin_step = 0
+        self.skip_through = -1
+        self._resume_metadata_path = resume_metadata_path
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.accum_steps = self.schedule.at(epoch)
+        self.skip_through = -1
+        if self._first_epoch and self._resume_metadata_path and os.path.exists(self._resume_metadata_path):
+            with open(self._resume_metadata_path) as file:
+                saved = json.load(file)
+            if saved.get("epoch") == epoch:
+                self.skip_through = int(saved.get("batch", -1))
+        self._first_epoch = False
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self.begin_step = batch
@@ -175,31 +251,40 @@ class _WindowPosition(keras.callbacks.Callback):
 
 
 class _TrainFunction:
-    """`model.train_function` for `Model.fit`: `steps_per_execution` accumulation windows a call."""
+    """`model.train_function` for `Model.fit`: whole accumulation windows a call."""
 
-    def __init__(self, model: keras.Model, accum_steps: int, windows_per_call: int,
-                 apply_partial: bool, position: _WindowPosition) -> None:
+    def __init__(self, model: keras.Model, apply_partial: bool, position: _WindowPosition,
+                 noise_scales: list[GradientNoiseScale]) -> None:
         self.model = model
-        self.accum_steps = accum_steps
-        self.windows_per_call = windows_per_call
         self.apply_partial = apply_partial
         self.position = position
+        self.noise_scales = noise_scales
         self._window: WindowStep | None = None
 
     def __call__(self, iterator: Any) -> dict:
         if self._window is None:  # the model is built by now: Keras builds it before the first call
-            self._window = WindowStep.for_model(self.model, self.apply_partial)
+            self._window = WindowStep.for_model(self.model, self.apply_partial, bool(self.noise_scales))
         window = self._window
-        left = self.position.micro_batches_left(self.accum_steps * self.windows_per_call)
+        position = self.position
+        accum_steps = position.accum_steps
+        per_call = self.model.steps_per_execution
+        left = position.micro_batches_left(per_call)
+        if position.begin_step <= position.skip_through:  # trained before the interruption
+            if window.skip(iterator, left) == 0:
+                raise StopIteration
+            return self.model.get_metrics_result()
         consumed = 0
         logs: dict = {}
         while left > 0:
-            length = min(self.accum_steps, left)
-            if length < self.accum_steps and not self.apply_partial:
+            length = min(accum_steps, left)
+            if length < accum_steps and not self.apply_partial:
                 processed = window.skip(iterator, length)
                 logs = self.model.get_metrics_result()
             else:
-                processed, logs = window(iterator, length)
+                processed, logs, statistics = window(iterator, length)
+                if processed:
+                    for noise_scale in self.noise_scales:
+                        noise_scale.update(statistics, window.statistics)
             consumed += processed
             left -= length
             if processed < length:

@@ -1,16 +1,33 @@
-"""How a micro-batch's loss enters the big-batch loss: the compiled reduction and its divisor.
+"""How a micro-batch's loss enters the big-batch loss: its parts, and the count each is divided by.
 
 Keras reduces a batch's weighted per-element losses to `L = sum / c`, where the divisor `c` depends on
 the loss' reduction: the number of samples (`"sum_over_batch_size"`, `"mean"`), the number of
 unmasked elements for a masked output, the sum of the sample weights (`"mean_with_sample_weight"`),
-or 1 (`"sum"`). A window of micro-batches `i` equals one big batch when its gradient is
-`sum_i c_i * grad(L_i) / sum_i c_i`; this module finds the reduction and each `c_i`.
+1 (`"sum"`), or what a custom `compute_loss` reports with `keras_trainx.set_loss_divisor`. A window of
+micro-batches `i` equals one big batch when its gradient is `sum_i c_i * grad(L_i) / sum_i c_i`.
+
+`compute_loss` adds to `L` the losses layers add (`model.losses`), and each kind grows with the batch
+in its own way, so each enters the window with its own count:
+
+| part | the big batch's value | accumulated | divided by |
+|---|---|---|---|
+| compiled loss, weight penalties | `sum / C` of the window | `c_i * L_i` | `C = sum_i c_i` |
+| `activity_regularizer` (Keras divides it by its batch size) | a mean over samples | `n_i * a_i` | `N`, the window's samples |
+| `add_loss` in `call` (a sum over its batch, as Keras' `add_loss(ops.sum(x))`) | the window's sum | `s_i` | 1 |
+
+Weight penalties do not depend on the batch: weighted by `c_i / C` they count once per update (with
+`"sum"`, where `C = 1`, only the first micro-step keeps them). Parts whose divisors coincide for the
+compiled reduction share one accumulator.
 """
+
+import dataclasses
 
 import keras
 import tensorflow as tf
 
 from keras_trainx import compat
+
+DIVISOR, SAMPLES, ONE = "divisor", "samples", "one"
 
 MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
 REDUCTIONS = (*MEAN_REDUCTIONS, "mean_with_sample_weight", "sum")
@@ -96,8 +113,82 @@ def micro_batch_divisor(reduction: str, y_pred: object, sample_weight: object,
     return batch_size
 
 
-def regularization(model: keras.Model) -> tf.Tensor:
-    """The regularization part of `compute_loss`, as Keras adds it (scaled across replicas)."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    total = tf.add_n([tf.reduce_sum(tf.cast(loss, tf.float32)) for loss in model.losses])
-    return total / replicas
+@dataclasses.dataclass
+class LossParts:
+    """A micro-batch's loss split by divisor: for each accumulator group, `(objective, weight)`.
+
+    The group's gradient sum gains `weight * grad(objective)`; at the update it is divided by the
+    window's total of the group's counts (`DIVISOR`: `C`, `SAMPLES`: `N`, `ONE`: 1). `reported` is
+    `sum_group weight * objective`, the micro-batch's contribution to the numerators of the big
+    batch's loss, per group.
+    """
+
+    groups: dict[str, tuple[tf.Tensor, tf.Tensor]]
+    divisor: tf.Tensor
+
+
+def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: object,
+               sample_weight: object, batch_size: tf.Tensor, first: bool,
+               recorded_divisors: list) -> LossParts:
+    """Splits a micro-step's `compute_loss` value into the parts the big batch divides differently.
+
+    Args:
+        model: the compiled model, just called on the micro-batch (its layers hold their losses).
+        reduction: as returned by `loss_reduction`.
+        loss: what `model.compute_loss` returned, unscaled for distribution (except with `"sum"`,
+            which Keras does not scale).
+        y_pred: the model's predictions (a masked output carries its Keras mask).
+        sample_weight: the micro-batch's sample weights, or None.
+        batch_size: the micro-batch's (this replica's) number of samples, an int32 scalar.
+        first: whether this is the window's first micro-step.
+        recorded_divisors: the counts a custom `compute_loss` gave `set_loss_divisor`.
+    """
+    samples = tf.cast(batch_size, tf.float32)
+    loss = tf.cast(loss, tf.float32)
+    if recorded_divisors:
+        if len(recorded_divisors) > 1:
+            raise ValueError(
+                f"compute_loss called keras_trainx.set_loss_divisor {len(recorded_divisors)} times for "
+                "one micro-batch; call it once, with the count the returned loss was divided by."
+            )
+        divisor = tf.cast(recorded_divisors[0], tf.float32)
+        return LossParts({DIVISOR: (loss, divisor)}, divisor)
+    if reduction == "sum":
+        divisor = tf.constant(1.0)
+    else:
+        divisor = tf.cast(micro_batch_divisor(reduction, y_pred, sample_weight, batch_size), tf.float32)
+    if type(model).compute_loss is not keras.Model.compute_loss:
+        return LossParts({DIVISOR: (loss, divisor)}, divisor)  # its added losses: unknown to us
+
+    activity, summed = [], []
+    for added, from_activity_regularizer in compat.forward_losses(model):
+        (activity if from_activity_regularizer else summed).append(tf.reduce_sum(tf.cast(added, tf.float32)))
+    # `loss` holds the added losses as Keras adds them: unscaled here, except with "sum", whose
+    # compiled loss Keras does not divide across replicas while it still divides the added ones.
+    scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync if reduction == "sum" else 1.0
+    main = loss - scale * tf.add_n([*activity, *summed]) if activity or summed else loss
+    if reduction == "sum" and not first and model.losses:
+        main -= scale * _weight_penalties(model)
+    groups = {DIVISOR: [main, divisor]}
+    divides_by_samples = (reduction != "sum" and not _masked(y_pred)
+                          and (reduction in MEAN_REDUCTIONS or sample_weight is None))
+    for parts, group, weight, joins in ((activity, SAMPLES, samples, divides_by_samples),
+                                        (summed, ONE, tf.constant(1.0), reduction == "sum")):
+        if not parts:
+            continue
+        if joins:  # this group's count equals the compiled reduction's: one accumulator serves
+            groups[DIVISOR][0] = groups[DIVISOR][0] + tf.add_n(parts)
+        else:
+            groups[group] = [tf.add_n(parts), weight]
+    return LossParts({name: (objective, weight) for name, (objective, weight) in groups.items()}, divisor)
+
+
+def _masked(y_pred: object) -> bool:
+    return any(compat.keras_mask(t) is not None for t in tf.nest.flatten(y_pred))
+
+
+def _weight_penalties(model: keras.Model) -> tf.Tensor:
+    """The weight-regularization part of `compute_loss`: penalties on the trainable variables."""
+    penalties = [tf.reduce_sum(tf.cast(v.regularizer(v), tf.float32))
+                 for v in model.trainable_weights if getattr(v, "regularizer", None) is not None]
+    return tf.add_n(penalties) if penalties else tf.constant(0.0)

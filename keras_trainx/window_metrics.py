@@ -47,18 +47,18 @@ class WindowLossMetrics:
             count.assign(count_before)
         return count_added, losses
 
-    def update(self, weighted_loss: tf.Tensor, output_losses: tf.Tensor, divisor: tf.Tensor,
+    def update(self, loss: tf.Tensor, output_losses: tf.Tensor, divisor: tf.Tensor,
                samples: tf.Tensor, counted: tf.Tensor) -> None:
         """Adds the window's big-batch losses once.
 
         Args:
-            weighted_loss: the window's `sum_i c_i * L_i` (all replicas).
+            loss: the window's big-batch loss (all replicas).
             output_losses: each output's `sum_i c_i * L_ik` (all replicas), a 1-D tensor.
             divisor: the window's `sum_i c_i` (1 for `"sum"`).
             samples: this replica's samples in the window (the weight of the reported loss).
             counted: what Keras added to an output's count on this replica's micro-steps.
         """
-        self.loss_tracker.update_state(tf.math.divide_no_nan(weighted_loss, divisor), sample_weight=samples)
+        self.loss_tracker.update_state(loss, sample_weight=samples)
         output_weight = tf.where(tf.equal(counted, samples), samples, 1.0)
         for metric, output_loss in zip(self.output_metrics, tf.unstack(output_losses)):
             metric.update_state(tf.math.divide_no_nan(output_loss, divisor), sample_weight=output_weight)

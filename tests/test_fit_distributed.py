@@ -36,6 +36,35 @@ def test_mirrored_matches_single_device_big_batch(micro, accum_steps):
         np.testing.assert_allclose(history.history[name], expected.history[name], rtol=1e-5)
 
 
+def test_mirrored_added_losses_match_single_device_big_batch():
+    # Each replica's activity regularizer is a mean over its share and its hand-written add_loss a
+    # sum over it: summed over replicas and micro-steps, each equals the single-device big batch's.
+    from test_fit_loss_contracts import _data, _penalized_model
+
+    x, y, _ = _data()
+    reference = _penalized_model(keras.optimizers.SGD(0.1))
+    reference.fit(x, y, batch_size=24, epochs=2, shuffle=False, verbose=0)
+    with _mirrored().scope():
+        accumulated = _penalized_model(keras.optimizers.SGD(0.1))
+    keras_trainx.fit_accumulated(accumulated, x, y, batch_size=8, accum_steps=3, epochs=2,
+                                 shuffle=False, verbose=0)
+    assert max_weight_difference(reference, accumulated) < 1e-6
+
+
+def test_mirrored_reported_loss_divisor_matches_single_device_big_batch():
+    # Each replica reports the labelled tokens of its share; the window divides by their total.
+    from test_fit_loss_contracts import _labelled_tokens, _labelled_tokens_model
+
+    tokens, targets = _labelled_tokens()
+    reference = _labelled_tokens_model(report_divisor=True)
+    reference.fit(tokens, targets, batch_size=12, epochs=2, shuffle=False, verbose=0)
+    with _mirrored().scope():
+        accumulated = _labelled_tokens_model(report_divisor=True)
+    keras_trainx.fit_accumulated(accumulated, tokens, targets, batch_size=4, accum_steps=3, epochs=2,
+                                 shuffle=False, verbose=0)
+    assert max_weight_difference(reference, accumulated) < 1e-6
+
+
 def test_one_gradient_all_reduce_per_update_none_per_micro_step():
     x, y, weights = regression_data()
     counter = AllReduceCounter()

@@ -4,6 +4,7 @@ Each schedule subclasses `keras.optimizers.schedules.LearningRateSchedule`, is r
 package `keras_trainx` and works inside `model.fit` with and without `jit_compile`.
 """
 
+from keras_trainx.schedules.accumulation import AccumulationSchedule
 from keras_trainx.schedules.cosine_restarts import CosineAnnealingWarmupRestarts
 from keras_trainx.schedules.epochs import epochs_to_steps, updates_per_epoch
 from keras_trainx.schedules.multi_step import MultiStepDecay
@@ -12,4 +13,4 @@ from keras_trainx.schedules.plotting import plot, values
 from keras_trainx.schedules.warmup import WarmUp
 
 __all__ = ["CosineAnnealingWarmupRestarts", "MultiStepDecay", "OneCycle", "WarmUp", "plot", "values"]
-__all__ += ["epochs_to_steps", "updates_per_epoch"]
+__all__ += ["AccumulationSchedule", "epochs_to_steps", "updates_per_epoch"]
