@@ -128,7 +128,7 @@ class LossParts:
 
 
 def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: object,
-               sample_weight: object, batch_size: tf.Tensor, first: bool,
+               sample_weight: object, batch_size: tf.Tensor, first: tf.Tensor,
                recorded_divisors: list) -> LossParts:
     """Splits a micro-step's `compute_loss` value into the parts the big batch divides differently.
 
@@ -140,7 +140,7 @@ def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: obje
         y_pred: the model's predictions (a masked output carries its Keras mask).
         sample_weight: the micro-batch's sample weights, or None.
         batch_size: the micro-batch's (this replica's) number of samples, an int32 scalar.
-        first: whether this is the window's first micro-step.
+        first: a boolean scalar: whether this is the window's first micro-step.
         recorded_divisors: the counts a custom `compute_loss` gave `set_loss_divisor`.
     """
     samples = tf.cast(batch_size, tf.float32)
@@ -167,8 +167,8 @@ def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: obje
     # compiled loss Keras does not divide across replicas while it still divides the added ones.
     scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync if reduction == "sum" else 1.0
     main = loss - scale * tf.add_n([*activity, *summed]) if activity or summed else loss
-    if reduction == "sum" and not first and model.losses:
-        main -= scale * _weight_penalties(model)
+    if reduction == "sum" and model.losses:
+        main -= scale * _weight_penalties(model) * (1.0 - tf.cast(first, tf.float32))
     groups = {DIVISOR: [main, divisor]}
     divides_by_samples = (reduction != "sum" and not _masked(y_pred)
                           and (reduction in MEAN_REDUCTIONS or sample_weight is None))
