@@ -7,7 +7,6 @@ imported or set up can hide a problem.
 import ast
 import json
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -135,13 +134,3 @@ def test_type_check_passes():
     result = subprocess.run([sys.executable, "-m", "mypy", str(PACKAGE)], capture_output=True,
                             text=True, timeout=600, cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_readme_layout_names_every_module_and_folder_of_the_package():
-    readme = (PACKAGE.parent / "README.md").read_text()
-    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
-    named = set(re.findall(r"[A-Za-z_]+\.py|[A-Za-z_]+/|py\.typed", layout))
-    entries = {p.name + ("/" if p.is_dir() else "") for p in PACKAGE.iterdir() if p.name != "__pycache__"}
-    assert entries - named == set(), "README's Layout misses these"
-    anywhere = {p.name + ("/" if p.is_dir() else "") for p in PACKAGE.rglob("*")} | {"keras_trainx/"}
-    assert named - anywhere == set(), "README's Layout names what is not there"
