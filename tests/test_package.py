@@ -7,6 +7,7 @@ imported or set up can hide a problem.
 import ast
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -134,3 +135,20 @@ def test_type_check_passes():
     result = subprocess.run([sys.executable, "-m", "mypy", str(PACKAGE)], capture_output=True,
                             text=True, timeout=600, cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_version_is_written_once():
+    """setup.cfg reads `keras_trainx/_version.py` (without importing the package, so without
+    TensorFlow); the package and the changelog's newest entry state the same version."""
+    import configparser
+
+    import keras_trainx
+    from keras_trainx._version import __version__
+
+    setup = configparser.ConfigParser()
+    setup.read(PACKAGE.parent / "setup.cfg")
+    assert setup["metadata"]["version"] == "attr: keras_trainx._version.__version__"
+    assert keras_trainx.__version__ == __version__
+    changelog = (PACKAGE.parent / "CHANGELOG.md").read_text()
+    assert re.search(r"^## (\S+)", changelog, re.M).group(1) == __version__
+    assert [line for line in (PACKAGE / "_version.py").read_text().splitlines() if line.startswith(("import", "from"))] == []
