@@ -3,6 +3,7 @@ catch what they should, the architecture page names every module, and README and
 both state the same figures, commands and names."""
 
 import importlib.util
+import os
 import pathlib
 import re
 import subprocess
@@ -35,7 +36,7 @@ def _mkdocs_build(config, site, timeout=300):
     return subprocess.run(
         [sys.executable, "-c", _OFFLINE_MKDOCS, "build", "--strict", "-f", str(config), "-d", str(site)],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-        env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin", "HOME": str(site.parent)},
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # no end-of-life banner from mkdocs-material
     )
 
 
