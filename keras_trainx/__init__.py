@@ -3,6 +3,8 @@ albumentations generators for Keras 3 (TensorFlow backend)."""
 
 import keras
 
+from keras_trainx._version import __version__
+
 if keras.backend.backend() != "tensorflow":
     raise ImportError(
         "keras_trainx needs Keras' TensorFlow backend; this process uses "

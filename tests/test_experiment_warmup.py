@@ -4,6 +4,7 @@ reports (table, CSV, plot, progress bar) and the `experiment warmup` sub-command
 import argparse
 import csv
 import io
+import re
 import subprocess
 import sys
 
@@ -120,7 +121,9 @@ def test_a_short_sweep_trains_every_run_with_the_counted_updates(remainder, upda
     assert [r["peak_learning_rate"] for r in rows] == [0.8, 0.8, 1.6, 1.6]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["seconds"] > 0 for r in rows)
     progress = capsys.readouterr().err.strip().splitlines()
-    assert len(progress) == 4 and progress[-1].startswith("[####################] 4/4 B=128 no warm-up seed 3")
+    assert progress[0::2] == [f"B={b} {w} seed 3: test accuracy {r['test_accuracy']:.3f}" for (b, w), r
+                              in zip([(64, "warm-up"), (64, "no warm-up"), (128, "warm-up"), (128, "no warm-up")], rows)]
+    assert [line.split(" - ")[0] for line in progress[1::2]] == ["1/4", "2/4", "3/4", "4/4"]
 
 
 ROWS = [
@@ -170,17 +173,61 @@ def test_plot_has_both_curves_on_a_log2_axis_with_the_seed_spread():
     np.testing.assert_allclose(sorted(dots[1].get_offsets()[:, 1]), [0.12, 0.30, 0.97, 0.99])
 
 
-def test_progress_bar_lines_off_a_terminal():
-    out = io.StringIO()
-    bar = ProgressBar(4, stream=out, width=8)
-    for i in range(4):
-        bar.start(f"run {i}")
-        bar.finish(f"run {i} done")
-    lines = out.getvalue().splitlines()
-    assert [line.split(" [")[0] for line in lines] == [
-        "[##......] 1/4 run 0 done", "[####....] 2/4 run 1 done", "[######..] 3/4 run 2 done",
-        "[########] 4/4 run 3 done"]
-    assert "elapsed" in lines[0] and "left]" in lines[0]
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, and the screen a terminal would show for what it got."""
+
+    def isatty(self):
+        return True
+
+    def screen(self):
+        """Plays carriage returns, backspaces, "erase line" and newlines; drops colours."""
+        lines, column = [""], 0
+        for token in re.findall(r"\x1b\[K|\x1b\[[0-9;]*m|.", self.getvalue(), re.S):
+            if token == "\x1b[K":
+                lines[-1] = lines[-1][:column]
+            elif token.startswith("\x1b"):
+                continue
+            elif token == "\r":
+                column = 0
+            elif token == "\b":
+                column = max(column - 1, 0)
+            elif token == "\n":
+                lines.append("")
+                column = 0
+            else:
+                lines[-1] = lines[-1][:column] + token + lines[-1][column + 1:]
+                column += 1
+        return lines
+
+
+def test_progress_bar_in_a_log_file_is_one_plain_line_per_finished_run(tmp_path):
+    with open(tmp_path / "log.txt", "w") as log:
+        bar = ProgressBar(3, stream=log)
+        for i in range(3):
+            bar.finish(f"run {i}: test accuracy 0.9{i}")
+    text = (tmp_path / "log.txt").read_text()
+    assert "\r" not in text and "\x1b" not in text and "\b" not in text
+    lines = text.splitlines()
+    assert lines[0::2] == ["run 0: test accuracy 0.90", "run 1: test accuracy 0.91", "run 2: test accuracy 0.92"]
+    for count, line in zip(("1/3", "2/3", "3/3"), lines[1::2]):
+        assert re.fullmatch(count + r" - \d+s - \d+(us|ms|s)/run", line), line
+
+
+def test_progress_bar_on_a_terminal_is_redrawn_under_the_finished_runs():
+    out = _Terminal()
+    bar = ProgressBar(3, stream=out)
+    bar.finish("run 0: test accuracy 0.90")
+    bar.finish("run 1: test accuracy 0.91")
+    screen = out.screen()
+    assert screen[:2] == ["run 0: test accuracy 0.90", "run 1: test accuracy 0.91"]
+    assert len(screen) == 3 and re.fullmatch(r"2/3 ━{20} \d+s \d+(us|ms|s)/run", screen[2]), screen
+    assert "2/3\x1b[0m \x1b[32m" + "━" * 13 + "\x1b[0m\x1b[37m" + "━" * 7 + "\x1b[0m" in out.getvalue()  # 13 of 20 done
+    bar.finish("run 2: test accuracy 0.92")
+    screen = out.screen()
+    assert screen[:3] == ["run 0: test accuracy 0.90", "run 1: test accuracy 0.91", "run 2: test accuracy 0.92"]
+    assert re.fullmatch(r"3/3 ━{20} \d+s \d+(us|ms|s)/run", screen[3]), screen
+    assert screen[4:] == [""]  # the finished bar ends its line
+    assert "\r" in out.getvalue()  # redrawn in place, not one line per update
 
 
 def _parser():

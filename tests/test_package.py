@@ -137,11 +137,18 @@ def test_type_check_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_readme_layout_names_every_module_and_folder_of_the_package():
-    readme = (PACKAGE.parent / "README.md").read_text()
-    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
-    named = set(re.findall(r"[A-Za-z_]+\.py|[A-Za-z_]+/|py\.typed", layout))
-    entries = {p.name + ("/" if p.is_dir() else "") for p in PACKAGE.iterdir() if p.name != "__pycache__"}
-    assert entries - named == set(), "README's Layout misses these"
-    anywhere = {p.name + ("/" if p.is_dir() else "") for p in PACKAGE.rglob("*")} | {"keras_trainx/"}
-    assert named - anywhere == set(), "README's Layout names what is not there"
+def test_the_version_is_written_once():
+    """setup.cfg reads `keras_trainx/_version.py` (without importing the package, so without
+    TensorFlow); the package and the changelog's newest entry state the same version."""
+    import configparser
+
+    import keras_trainx
+    from keras_trainx._version import __version__
+
+    setup = configparser.ConfigParser()
+    setup.read(PACKAGE.parent / "setup.cfg")
+    assert setup["metadata"]["version"] == "attr: keras_trainx._version.__version__"
+    assert keras_trainx.__version__ == __version__
+    changelog = (PACKAGE.parent / "CHANGELOG.md").read_text()
+    assert re.search(r"^## (\S+)", changelog, re.M).group(1) == __version__
+    assert [line for line in (PACKAGE / "_version.py").read_text().splitlines() if line.startswith(("import", "from"))] == []

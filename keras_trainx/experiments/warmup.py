@@ -183,8 +183,6 @@ def warmup_sweep(batch_sizes: Sequence[int] = FULL["batch_sizes"], seeds: Sequen
     rows = []
     for batch_size, warmup, seed in runs:
         label = f"B={batch_size} {'warm-up' if warmup else 'no warm-up'} seed {seed}"
-        if bar:
-            bar.start(label)
         rows.append(_train(batch_size, warmup, seed, data, **options))
         if bar:
             bar.finish(f"{label}: test accuracy {rows[-1]['test_accuracy']:.3f}")
