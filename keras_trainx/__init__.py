@@ -11,9 +11,11 @@ if keras.backend.backend() != "tensorflow":
         f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
     )
 
-from keras_trainx.fit import fit_accumulated  # noqa: E402
-from keras_trainx.loss_divisor import set_loss_divisor  # noqa: E402
+from keras_trainx import _moved  # noqa: E402
+from keras_trainx.accumulation import fit_accumulated, set_loss_divisor  # noqa: E402
 from keras_trainx import activations, layers, schedules  # noqa: E402
 from keras_trainx.saving import custom_objects, load_model  # noqa: E402
 from keras_trainx.data import AugmentedSequence  # noqa: E402
 from keras_trainx import distribute, planning  # noqa: E402
+
+_moved.install()

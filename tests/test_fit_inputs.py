@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_trainx
-from keras_trainx.accumulation import WindowStep
+from keras_trainx.accumulation.window import WindowStep
 from accumulation_helpers import max_weight_difference, regression_data, regression_model
 
 

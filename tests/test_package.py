@@ -152,3 +152,24 @@ def test_the_version_is_written_once():
     changelog = (PACKAGE.parent / "CHANGELOG.md").read_text()
     assert re.search(r"^## (\S+)", changelog, re.M).group(1) == __version__
     assert [line for line in (PACKAGE / "_version.py").read_text().splitlines() if line.startswith(("import", "from"))] == []
+
+
+def test_a_moved_module_imports_from_its_old_path_with_a_warning_naming_the_new_one():
+    from keras_trainx._moved import MOVED
+
+    result = _run(
+        "import importlib, json, warnings; warnings.simplefilter('always'); import keras_trainx\n"
+        "found = {}\n"
+        f"for old, new in {sorted(MOVED.items())!r}:\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        module = importlib.import_module(old)\n"
+        "    found[old] = [module is importlib.import_module(new),\n"
+        "                  [str(w.message) for w in caught if w.category is DeprecationWarning]]\n"
+        "print(json.dumps(found))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        old: [True, [f"{old} moved to {new} in keras_trainx 0.2.0; import it from there (the old "
+                     "path will be removed)."]]
+        for old, new in MOVED.items()
+    }

@@ -17,7 +17,7 @@ import keras
 
 from keras_trainx.experiments.digits import TRAIN_SIZE, build_cnn, load_digits_standardized
 from keras_trainx.experiments.progress import ProgressBar
-from keras_trainx.fit import fit_accumulated
+from keras_trainx.accumulation.fit import fit_accumulated
 from keras_trainx.schedules import MultiStepDecay, WarmUp, epochs_to_steps, updates_per_epoch
 from keras_trainx.validation import check_bool, check_choice, check_float, check_int
 

@@ -61,7 +61,8 @@ def set_loss_divisor(count: Any) -> None:
 def recording_loss_divisor() -> Iterator[list]:
     """Collects the counts `set_loss_divisor` is given while the block runs (in this thread)."""
     outer = getattr(_recorders, "active", None)
-    _recorders.active = recorded = []
+    recorded: list = []
+    _recorders.active = recorded
     try:
         yield recorded
     finally:

@@ -12,11 +12,11 @@ from typing import Any
 
 import keras
 
-from keras_trainx import compat
-from keras_trainx.accumulation import WindowStep
-from keras_trainx.loss_normalization import loss_reduction
+from keras_trainx.accumulation import compat
+from keras_trainx.accumulation.window import WindowStep
+from keras_trainx.accumulation.loss_normalization import loss_reduction
 from keras_trainx.data.epochs import epoch_callbacks
-from keras_trainx.planning.noise_scale import GradientNoiseScale
+from keras_trainx.accumulation.noise_scale import GradientNoiseScale
 from keras_trainx.schedules.accumulation import AccumulationSchedule, as_accumulation_schedule
 from keras_trainx.validation import check_choice, check_int
 

@@ -10,13 +10,13 @@ equals one `Model.fit` step on the concatenation of the window's micro-batches:
                                               c_i = its divisor, C = sum_i c_i
 
 so each micro-step accumulates `c_i * grad(L_i)` (unscaled, in the variables' dtype, float32 under
-mixed precision) and the update divides by `C` (`keras_trainx.loss_normalization` finds `c_i`, and
+mixed precision) and the update divides by `C` (`keras_trainx.accumulation.loss_normalization` finds `c_i`, and
 splits off the losses layers add, which the big batch counts differently). Weight penalties enter
 once per update: their weights `c_i / C` sum to one (with `"sum"`, only the first micro-step keeps
 them).
 
 The loss `Model.fit` reports, and each output's loss of a multi-output model, are updated once per
-window with the window's big-batch value (`keras_trainx.window_metrics`), so epoch logs equal those
+window with the window's big-batch value (`keras_trainx.accumulation.window_metrics`), so epoch logs equal those
 of the big-batch `fit`; the other metrics update on every micro-batch.
 """
 
@@ -30,11 +30,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_trainx import compat
-from keras_trainx.accumulators import Accumulators, as_dense
-from keras_trainx.loss_divisor import recording_loss_divisor
-from keras_trainx.loss_normalization import DIVISOR, ONE, SAMPLES, loss_reduction, split_loss
-from keras_trainx.window_metrics import WindowLossMetrics
+from keras_trainx.accumulation import compat
+from keras_trainx.accumulation.accumulators import Accumulators, as_dense
+from keras_trainx.accumulation.loss_divisor import recording_loss_divisor
+from keras_trainx.accumulation.loss_normalization import DIVISOR, ONE, SAMPLES, loss_reduction, split_loss
+from keras_trainx.accumulation.window_metrics import WindowLossMetrics
 
 _WINDOW_STEPS: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
 

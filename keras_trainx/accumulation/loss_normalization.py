@@ -25,7 +25,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from keras_trainx import compat
+from keras_trainx.accumulation import compat
 
 DIVISOR, SAMPLES, ONE = "divisor", "samples", "one"
 
@@ -160,7 +160,8 @@ def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: obje
     if type(model).compute_loss is not keras.Model.compute_loss:
         return LossParts({DIVISOR: (loss, divisor)}, divisor)  # its added losses: unknown to us
 
-    activity, summed = [], []
+    activity: list[tf.Tensor] = []
+    summed: list[tf.Tensor] = []
     for added, from_activity_regularizer in compat.forward_losses(model):
         (activity if from_activity_regularizer else summed).append(tf.reduce_sum(tf.cast(added, tf.float32)))
     # `loss` holds the added losses as Keras adds them: unscaled here, except with "sum", whose

@@ -4,12 +4,12 @@ The sums are `ON_READ` variables with `SUM` aggregation, created under the model
 micro-step adds to its own replica's copy with no cross-replica traffic, and the update reads them
 once. They belong to no model, so they never appear in `get_weights()` or a saved model. Every model
 has the gradient group of its compiled loss (`"divisor"`); a group for losses that the big batch
-divides by another count (`keras_trainx.loss_normalization`) is added when a model first needs it.
+divides by another count (`keras_trainx.accumulation.loss_normalization`) is added when a model first needs it.
 """
 
 import tensorflow as tf
 
-from keras_trainx.loss_normalization import DIVISOR
+from keras_trainx.accumulation.loss_normalization import DIVISOR
 
 
 class Accumulators:
