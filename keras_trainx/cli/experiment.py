@@ -9,6 +9,7 @@ import argparse
 import os
 import time
 
+from keras_trainx.cli import batch_growth
 from keras_trainx.cli.errors import CommandError
 
 EXAMPLES = """examples:
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     warmup.add_argument("--no-plot", action="store_true", help="write no plot (no matplotlib needed)")
     warmup.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     warmup.set_defaults(func=run)
+    batch_growth.register(experiments)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,9 +1,18 @@
-"""Experiments users can run on a CPU with the bundled digits: `warmup_sweep` and its reports.
+"""Experiments users can run on a CPU with the bundled digits: `warmup_sweep`, `batch_growth_experiment`.
 
 The experiments need scikit-learn (the digits) and, for plots, matplotlib: both are imported only
 when used, so `import keras_trainx.experiments` works without them.
 """
 
+from keras_trainx.experiments.batch_growth import (
+    GROWTH_FULL,
+    GROWTH_QUICK,
+    batch_growth_experiment,
+    format_growth_table,
+    growth_plan,
+    plot_growth,
+    write_growth_csv,
+)
 from keras_trainx.experiments.digits import build_cnn, load_digits_standardized
 from keras_trainx.experiments.report import (
     COLLAPSE_BELOW,
@@ -21,6 +30,8 @@ from keras_trainx.experiments.warmup import (
 )
 
 __all__ = [
+    "GROWTH_FULL", "GROWTH_QUICK", "batch_growth_experiment", "format_growth_table", "growth_plan", "plot_growth",
+    "write_growth_csv",
     "COLLAPSE_BELOW", "FULL", "QUICK", "build_cnn", "check_warmup_sweep", "format_table", "load_digits_standardized",
     "plot_sweep", "summarize", "warmup_schedule", "warmup_sweep", "write_csv",
 ]
