@@ -2,7 +2,8 @@
 
 Throughput (samples/s, one process, peers timed in interleaved rounds so machine noise hits all alike;
 the ratio reported is the median over rounds of the ratio within a round):
-    fit_accumulated(micro B, N)  vs  Model.fit(B)  vs  Model.fit(B) with Keras' built-in
+    fit_accumulated(micro B, N)  vs  the same with `GradientNoiseScale` (the noise scale's cost)  vs
+    Model.fit(B)  vs  Model.fit(B) with Keras' built-in
     `gradient_accumulation_steps=N`  vs  Model.fit(B * N). Each peer has its own model, traced before
     the first round. Two workloads: a small CNN on 32x32x3 images, compute-bound on a CPU, and an MLP
     on 64 features, where per-step dispatch weighs (8x the samples per round).
@@ -93,6 +94,13 @@ def peers(batch, accum_steps):
             {},
             lambda m, x, y: keras_trainx.fit_accumulated(
                 m, x, y, batch_size=batch, accum_steps=accum_steps, verbose=0
+            ),
+        ),
+        f"fit_accumulated({batch}x{accum_steps}) + GradientNoiseScale": (
+            {},
+            lambda m, x, y: keras_trainx.fit_accumulated(
+                m, x, y, batch_size=batch, accum_steps=accum_steps, verbose=0,
+                callbacks=[keras_trainx.planning.GradientNoiseScale()],
             ),
         ),
         f"Model.fit({batch})": ({}, lambda m, x, y: m.fit(x, y, batch_size=batch, verbose=0)),

@@ -94,3 +94,66 @@ def test_causal_lm_on_padded_sequences_equals_the_big_batch(reduction):
                                            verbose=0)
     assert max_weight_difference(reference, accumulated) < 1e-6
     np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+
+
+class AccumulatedRetinaNet(keras_hub.models.RetinaNetObjectDetector):
+    """KerasHub's RetinaNet divides its loss by the positive anchors of the batch; this subclass
+    reports that count with `keras_trainx.set_loss_divisor` (its label encoder is deterministic)."""
+
+    def compute_loss(self, x, y, y_pred, sample_weight, **kwargs):
+        from keras import ops
+
+        _, height, width, _ = ops.shape(x)
+        boxes = keras.utils.bounding_boxes.convert_format(
+            y, source=self.bounding_box_format, target=self.label_encoder.bounding_box_format,
+            height=height, width=width)
+        _, labels = self.label_encoder(images=x, gt_boxes=boxes["boxes"], gt_classes=boxes["labels"])
+        keras_trainx.set_loss_divisor(ops.sum(ops.cast(ops.greater(labels, -1.0), "float32")))
+        return super().compute_loss(x, y, y_pred, sample_weight, **kwargs)
+
+
+def _retinanet(detector_class):
+    keras.utils.set_random_seed(0)
+    encoder = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64, 64],
+        stackwise_num_blocks=[1, 1, 1], stackwise_num_strides=[1, 2, 2], block_type="basic_block",
+        image_shape=(32, 32, 3))
+    encoder.trainable = False
+    backbone = keras_hub.models.RetinaNetBackbone(image_encoder=encoder, min_level=3, max_level=4,
+                                                  use_p5=False, image_shape=(32, 32, 3))
+    detector = detector_class(backbone=backbone, num_classes=3, bounding_box_format="yxyx",
+                              pre_logits_num_conv_layers=1)
+    detector.compile(optimizer=keras.optimizers.SGD(0.01))
+    return detector
+
+
+def _detection_data():
+    # Images in [0, 1]; one or two large boxes each, so micro-batches hold unequal numbers of
+    # positive anchors.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(8, 32, 32, 3)).astype("float32")
+    boxes = np.full((8, 2, 4), -1, "float32")
+    labels = np.full((8, 2), -1, "float32")
+    for i in range(8):
+        count = 1 + i % 2
+        top, left = rng.uniform(0, 4, size=2)
+        boxes[i, :count] = [top, left, top + rng.uniform(24, 28), left + rng.uniform(24, 28)]
+        labels[i, :count] = rng.integers(0, 3, size=count)
+    return x, {"boxes": boxes, "labels": labels}
+
+
+def test_retinanet_reporting_its_positive_anchors_equals_its_own_big_batch_fit():
+    x, y = _detection_data()
+    reference = _retinanet(AccumulatedRetinaNet)
+    expected = reference.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    accumulated = _retinanet(AccumulatedRetinaNet)
+    history = keras_trainx.fit_accumulated(accumulated, x, y, batch_size=2, accum_steps=2, epochs=1,
+                                           shuffle=False, verbose=0)
+    assert max_weight_difference(reference, accumulated) < 1e-6
+    for name in expected.history:
+        np.testing.assert_allclose(history.history[name], expected.history[name], rtol=1e-5)
+    # KerasHub's own class, which reports nothing, is taken as a per-sample mean: not the big batch.
+    unreported = _retinanet(keras_hub.models.RetinaNetObjectDetector)
+    keras_trainx.fit_accumulated(unreported, x, y, batch_size=2, accum_steps=2, epochs=1, shuffle=False,
+                                 verbose=0)
+    assert max_weight_difference(reference, unreported) > 1e-4
