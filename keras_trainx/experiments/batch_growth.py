@@ -112,12 +112,11 @@ def batch_growth_experiment(seeds: Sequence[int] = GROWTH_FULL["seeds"], *, epoc
             keras.utils.set_random_seed(seed)
             model = build_cnn()
             model.compile(optimizer=keras.optimizers.SGD(rate, momentum=momentum, weight_decay=weight_decay),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
             began = time.monotonic()
             fit_accumulated(model, x_train, y_train, batch_size=micro_batch, accum_steps=schedule,
                             epochs=epochs, verbose=0)
-            logits = model.predict(x_test, batch_size=len(x_test), verbose=0)
-            accuracy = float((logits.argmax(axis=1) == y_test).mean())
+            accuracy = float(model.evaluate(x_test, y_test, batch_size=len(x_test), verbose=0)[1])
             rows.append({"arm": arm, "seed": seed,
                          "updates": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
                          "final_batch_size": micro_batch * schedule.at(epochs - 1),
