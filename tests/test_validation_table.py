@@ -80,6 +80,10 @@ CASES = [
      "`final_div_factor` must be a number > 0.0; received final_div_factor=-1.0."),
     (lambda: OneCycle(0.1, 100, anneal="cosine"), ValueError,
      "`anneal` must be one of ('cos', 'linear'); received anneal='cosine'."),
+    # a saved WarmUp config without its `after` (the schedule the warm-up hands over to)
+    (lambda: schedules.WarmUp.from_config({"warmup_steps": 10}), TypeError,
+     "A WarmUp config must hold `after` (the schedule or constant learning rate after the warm-up); received a "
+     "config with the keys ['warmup_steps']."),
     # values() and plot()
     (lambda: schedules.values(OneCycle(0.1, 10), 0), ValueError,
      "`steps` must be >= 1 when given as an int; received steps=0."),
