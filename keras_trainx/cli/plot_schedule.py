@@ -38,14 +38,15 @@ def run(args: argparse.Namespace) -> int:
     _check_output(args.output)
     try:
         schedule = schedule_from_arguments(args.schedule, args.config)
-        lrs = schedules.values(schedule, args.steps)
+        figure = schedules.plot(schedule, args.steps)
     except (TypeError, ValueError) as error:
         raise CommandError(str(error), status=2) from None
-    figure = schedules.plot(schedule, args.steps)
+    (line,) = figure.axes[0].get_lines()  # the steps where the curve is drawn (schedules.drawn_steps)
+    steps, lrs = line.get_xdata(), line.get_ydata()
     figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(
         f"wrote {args.output}: {type(schedule).__name__}, {args.steps} steps, "
-        f"first {lrs[0]:.6g}, max {lrs.max():.6g} at step {int(lrs.argmax())}, last {lrs[-1]:.6g}"
+        f"first {lrs[0]:.6g}, max {lrs.max():.6g} at step {int(steps[lrs.argmax()])}, last {lrs[-1]:.6g}"
     )
     return 0
 
