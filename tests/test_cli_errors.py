@@ -59,3 +59,36 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == ("keras-trainx experiment: error: keras-trainx experiment warmup needs the optional package "
                    "'sklearn', which is not installed: pip install 'keras_trainx[demo]'\n")
+
+
+@pytest.mark.parametrize(
+    "make_argv, line",
+    [
+        (lambda p: ["plot-schedule", "OneCycle", "--config", '{"max_learning_rate": 0.1, "total_steps": 10}',
+                    "--steps", "10", "-o", str(p / "folder.png")],
+         "keras-trainx plot-schedule: error: -o/--output '{p}/folder.png' is a folder; name a .png file"),
+        (lambda p: ["plot-schedule", "OneCycle", "--config", '{"max_learning_rate": 0.1, "total_steps": 10}',
+                    "--steps", "10", "-o", str(p / "notes.txt" / "x.png")],
+         "keras-trainx plot-schedule: error: -o/--output '{p}/notes.txt/x.png': '{p}/notes.txt' is a file, not a "
+         "folder"),
+        (lambda p: ["demo", "--output-dir", str(p / "notes.txt" / "models")],
+         "keras-trainx demo: error: `--output-dir` cannot be created: '{p}/notes.txt' is a file, not a folder; "
+         "received --output-dir='{p}/notes.txt/models'."),
+        (lambda p: ["experiment", "warmup", "--quick", "--no-plot", "--no-progress", "--output-dir",
+                    str(p / "notes.txt" / "sweep")],
+         "keras-trainx experiment: error: `--output-dir` cannot be created: '{p}/notes.txt' is a file, not a "
+         "folder; received --output-dir='{p}/notes.txt/sweep'."),
+        (lambda p: ["experiment", "warmup", "--quick", "--no-plot", "--no-progress", "--output-dir",
+                    str(p / "notes.txt")],
+         "keras-trainx experiment: error: `--output-dir` must be a folder; received --output-dir='{p}/notes.txt', "
+         "an existing file."),
+    ],
+    ids=["png-is-a-folder", "png-under-a-file", "demo-under-a-file", "experiment-under-a-file",
+         "experiment-onto-a-file"],
+)
+def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys, make_argv, line):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    (tmp_path / "folder.png").mkdir()
+    assert cli.main(make_argv(tmp_path)) == 2
+    assert capsys.readouterr().err == line.format(p=tmp_path) + "\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder.png", "notes.txt"]

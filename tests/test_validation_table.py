@@ -153,6 +153,9 @@ CASES = [
     (lambda: demo.run(output_dir=__file__), ValueError,
      f"`output_dir` must be a folder; received output_dir={__file__!r}, an existing file."),
     (lambda: demo.run(output_dir=3), TypeError, "`output_dir` must be a path; received output_dir=3 of type int."),
+    (lambda: demo.run(output_dir=os.path.join(__file__, "models")), ValueError,
+     f"`output_dir` cannot be created: {__file__!r} is a file, not a folder; received "
+     f"output_dir={os.path.join(__file__, 'models')!r}."),
     (lambda: demo.run(seed=-1), ValueError, "`seed` must be an int >= 0 and <= 4294967295; received seed=-1."),
     (lambda: demo.run(verbose=3), ValueError, "`verbose` must be an int >= 0 and <= 2; received verbose=3."),
 ]

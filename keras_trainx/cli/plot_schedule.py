@@ -52,11 +52,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_output(output: str) -> None:
+    """-o/--output names a .png file that can be written: not a folder, in a writable folder."""
     if not output.lower().endswith(".png"):
         raise CommandError(f"-o/--output {output!r} must name a .png file", status=2)
+    if os.path.isdir(output):
+        raise CommandError(f"-o/--output {output!r} is a folder; name a .png file", status=2)
     directory = os.path.dirname(output) or "."
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CommandError(f"-o/--output {output!r}: {directory!r} is a file, not a folder", status=2)
     if not os.path.isdir(directory):
         raise CommandError(f"-o/--output {output!r}: folder {directory!r} does not exist", status=2)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CommandError(f"-o/--output {output!r}: no permission to write in folder {directory!r}", status=2)
 
 
 def schedule_from_arguments(spec: str, config: str) -> keras.optimizers.schedules.LearningRateSchedule:
