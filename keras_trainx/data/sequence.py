@@ -144,7 +144,8 @@ class AugmentedSequence(keras.utils.PyDataset):
 
         Args:
             root: directory with one sub-directory per class.
-            extensions: file name endings counted as images (case-insensitive).
+            extensions: list or tuple of file name endings counted as images, each starting with "."
+                (case-insensitive).
             **kwargs: any other `AugmentedSequence` argument (not `x`, `y`, `class_names`).
 
         Returns:
@@ -163,7 +164,8 @@ class AugmentedSequence(keras.utils.PyDataset):
             x_col: column of file paths (relative to `directory` when given).
             y_col: None, a column of class names (strings: mapped to sorted indices, names kept in
                 `class_names`) or of numbers (labels or regression targets), or a list of numeric
-                columns (regression targets of shape (N, len(y_col))).
+                columns (regression targets of shape (N, len(y_col))). Rows with a missing value
+                (NaN, None) in `x_col` or `y_col` are refused, naming them.
             directory: optional directory the paths are relative to.
             **kwargs: any other `AugmentedSequence` argument.
 
