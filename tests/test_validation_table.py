@@ -38,6 +38,21 @@ def _model():
     return model
 
 
+def _with_tf_config(config):
+    """`auto_strategy()` with TF_CONFIG set to `config` (JSON) for the call."""
+    import json
+
+    previous = os.environ.get("TF_CONFIG")
+    os.environ["TF_CONFIG"] = json.dumps(config)
+    try:
+        return distribute.auto_strategy()
+    finally:
+        if previous is None:
+            del os.environ["TF_CONFIG"]
+        else:
+            os.environ["TF_CONFIG"] = previous
+
+
 ANNEALS = "Each cycle anneals from its peak max_learning_rate down to min_learning_rate."
 MISSING = "/nonexistent/model.keras"
 
@@ -103,6 +118,28 @@ CASES = [
     (lambda: distribute.auto_strategy(tpu=" "), ValueError,
      "`tpu` must not be empty: pass a TPU name, 'grpc://host:port' or 'local', or tpu=None to detect a TPU from "
      "the environment."),
+    # a malformed TF_CONFIG (auto_strategy reads it from the environment)
+    (lambda: _with_tf_config({"cluster": 3}), ValueError,
+     'TF_CONFIG\'s "cluster" must be a JSON object of task type -> list of "host:port" addresses, e.g. '
+     '{"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}; received 3. Fix or unset TF_CONFIG.'),
+    (lambda: _with_tf_config({"cluster": {"worker": 3}}), ValueError,
+     'TF_CONFIG\'s cluster["worker"] must be a list of "host:port" addresses; received 3. Fix or unset '
+     "TF_CONFIG."),
+    (lambda: _with_tf_config({"cluster": {"worker": "10.0.0.1:2222,10.0.0.2:2222"}}), ValueError,
+     'TF_CONFIG\'s cluster["worker"] must be a list of "host:port" addresses; received '
+     "'10.0.0.1:2222,10.0.0.2:2222'. Fix or unset TF_CONFIG."),
+    (lambda: _with_tf_config({"cluster": {"worker": ["a:1", 2]}}), ValueError,
+     'TF_CONFIG\'s cluster["worker"] must be a list of "host:port" addresses; received [\'a:1\', 2]. Fix or '
+     "unset TF_CONFIG."),
+    (lambda: _with_tf_config({"cluster": {"worker": ["a:1", "b:2"]}, "task": "worker"}), ValueError,
+     'TF_CONFIG\'s "task" must be a JSON object like {"type": "worker", "index": 0} naming this process\'s '
+     "task in the cluster; received 'worker'. Fix or unset TF_CONFIG."),
+    (lambda: _with_tf_config({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}),
+     ValueError, 'TF_CONFIG\'s task {"type": "worker", "index": 2} is not in the cluster, which has 2 '
+                 '"worker" task(s). Fix or unset TF_CONFIG.'),
+    (lambda: _with_tf_config({"cluster": {"worker": ["a:1", "b:2"]}}), ValueError,
+     'TF_CONFIG names 2 tasks but no "task" (this process\'s {"type": ..., "index": ...}). Fix or unset '
+     "TF_CONFIG."),
     (lambda: distribute.global_batch_size(0), ValueError,
      "`per_replica_batch_size` must be an int >= 1; received per_replica_batch_size=0."),
     (lambda: distribute.scale_learning_rate(INF, 64, 32), ValueError,
