@@ -217,9 +217,10 @@ def batch_sequence(batch_size, **kwargs):
 
 
 def assert_images(got, expected):
+    """`got` are the batches of `expected` (a flat list of image batches), in order."""
     assert len(got) == len(expected)
     for index, (g, e) in enumerate(zip(got, expected)):
-        assert np.array_equal(g, e), f"batch {index}: {where(g)}"
+        assert np.array_equal(g, e), f"served batch {index} differs from the expected one"
 
 
 @pytest.mark.parametrize("batch_size", [N, N // 2, BATCH])  # 1, 2 and 6 batches an epoch
