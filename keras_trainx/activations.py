@@ -20,7 +20,10 @@ def hard_mish(x: Any) -> Any:
 
     `hard_mish(x) = x * min(max(x + 2, 0), 2) / 2`: 0 for x <= -2, `x * (x + 2) / 2` on (-2, 0),
     `x` for x >= 0. No exp/log, so cheaper than Mish on CPUs and edge accelerators; timm ships it
-    and ports of timm models to Keras need it.
+    and ports of timm models to Keras need it. Computed piece by piece, so it holds at the ends of
+    every float dtype: `hard_mish(-inf)` is 0 and `hard_mish(inf)` is inf (the limits), float16
+    inputs up to its largest value stay finite (no `x * 2` that overflows), and the gradient is 0
+    below -2 and 1 from 0 up, infinities included.
 
     Args:
         x: Input tensor.
@@ -35,8 +38,9 @@ def hard_mish(x: Any) -> Any:
     Example:
 
     >>> import keras_trainx
-    >>> keras_trainx.activations.hard_mish([-3.0, -1.0, 0.5]).numpy().tolist()
-    [-0.0, -0.5, 0.5]
+    >>> keras_trainx.activations.hard_mish([-float("inf"), -3.0, -1.0, 0.5]).numpy().tolist()
+    [0.0, 0.0, -0.5, 0.5]
     """
     x = ops.convert_to_tensor(x)
-    return x * ops.clip(x + 2.0, 0.0, 2.0) / 2.0
+    middle = ops.clip(x, -2.0, 0.0)  # the quadratic piece, evaluated where it is finite
+    return ops.where(x >= 0, x, ops.where(x < -2.0, ops.zeros_like(x), middle * (middle + 2.0) / 2.0))

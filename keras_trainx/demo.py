@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from keras_trainx.extras import require
-from keras_trainx.validation import check_int
+from keras_trainx.validation import check_int, check_output_folder
 
 #: Training digits after the 80/20 split: the largest micro-batch the demo accepts.
 TRAINING_DIGITS = 1437
@@ -73,12 +73,40 @@ def check_arguments(epochs: int = 12, batch_size: int = 32, accum_steps: int = 4
     check_int("accum_steps", accum_steps, minimum=1)
     check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     check_int("verbose", verbose, minimum=0, maximum=2)
-    if not isinstance(output_dir, (str, os.PathLike)):
-        raise TypeError(f"`output_dir` must be a path; received output_dir={output_dir!r} of type "
-                        f"{type(output_dir).__name__}.")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"`output_dir` must be a folder; received output_dir={os.fspath(output_dir)!r}, "
-                         "an existing file.")
+    check_output_folder("output_dir", output_dir)
+
+
+def learning_rate_schedule(total_updates: int) -> Any:
+    """The demo's schedule: a linear warm-up over a tenth of the updates, then a cosine decay.
+
+    With fewer than two updates in all there is no warm-up (the one update uses the peak rate).
+
+    Example:
+
+    >>> schedule = learning_rate_schedule(1)
+    >>> schedule.warmup_steps, round(float(schedule(0)), 6)
+    (0, 0.003)
+    """
+    import keras
+
+    from keras_trainx.schedules import WarmUp
+
+    warmup_steps = min(max(1, total_updates // 10), total_updates - 1)
+    return WarmUp(keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=total_updates - warmup_steps),
+                  warmup_steps=warmup_steps)
+
+
+def save_model(model: Any, path: str) -> None:
+    """Saves `model` to `path` under a temporary name first: an interrupted save leaves no file at all."""
+    folder, name = os.path.split(path)
+    partial = os.path.join(folder, f".{name}.{os.getpid()}.partial.keras")
+    try:
+        model.save(partial)
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
 
 
 def run(epochs: int = 12, batch_size: int = 32, accum_steps: int = 4,
@@ -89,7 +117,8 @@ def run(epochs: int = 12, batch_size: int = 32, accum_steps: int = 4,
         epochs: training epochs.
         batch_size: the micro-batch size (per replica).
         accum_steps: micro-batches per optimizer update.
-        output_dir: folder the `.keras` model is saved in (created if missing).
+        output_dir: folder the `.keras` model is saved in (created if missing, once trained; checked
+            first: it must be a folder, or creatable, and writable).
         seed: random seed of the data split, augmentation and initial weights.
         verbose: Keras' progress output (0, 1 or 2).
 
@@ -99,7 +128,7 @@ def run(epochs: int = 12, batch_size: int = 32, accum_steps: int = 4,
     import keras
 
     import keras_trainx
-    from keras_trainx.schedules import WarmUp, updates_per_epoch
+    from keras_trainx.schedules import updates_per_epoch
 
     A = require("albumentations", "keras-trainx demo")
     keras.utils.set_random_seed(seed)
@@ -113,11 +142,8 @@ def run(epochs: int = 12, batch_size: int = 32, accum_steps: int = 4,
                    A.RandomBrightnessContrast(0.2, 0.2, p=0.5)],
     )
     total_updates = updates_per_epoch(steps_per_epoch=len(train), accum_steps=accum_steps) * epochs
-    warmup_steps = max(1, total_updates // 10)
-    schedule = WarmUp(
-        keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=total_updates - warmup_steps),
-        warmup_steps=warmup_steps,
-    )
+    schedule = learning_rate_schedule(total_updates)
+    warmup_steps = schedule.warmup_steps
     with strategy.scope():
         model = build_model(schedule)
     print(f"keras_trainx demo: {len(x_train)} training digits, micro-batch {micro_batch} x "
@@ -134,7 +160,7 @@ def run(epochs: int = 12, batch_size: int = 32, accum_steps: int = 4,
 
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "digits_mish.keras")
-    model.save(path)
+    save_model(model, path)
     reloaded = keras_trainx.load_model(path)
     same = np.array_equal(model.predict(x_test, verbose=0), reloaded.predict(x_test, verbose=0))
     print(f"saved {path}; reloaded with keras_trainx.load_model: identical predictions: {same}")

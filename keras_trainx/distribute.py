@@ -280,25 +280,62 @@ def _probe_grpc(address: str, timeout: float) -> None:
         )
 
 
+_FIX = "Fix or unset TF_CONFIG."
+
+
 def _tf_config_tasks() -> int:
-    """Number of training tasks (chief + workers) `TF_CONFIG` names; 0 if it is not set."""
+    """Number of training tasks (chief + workers) `TF_CONFIG` names; 0 if it is not set.
+
+    Refuses a `TF_CONFIG` not of the documented shape, naming the field: `{"cluster": {task type:
+    ["host:port", ...]}, "task": {"type": a task type of the cluster (or "evaluator"), "index": int}}`
+    ("task" may be left out when the cluster names at most one task).
+    """
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return 0
     try:
-        cluster = json.loads(raw).get("cluster", {})
+        config = json.loads(raw)
+        cluster = config.get("cluster", {})
     except (ValueError, AttributeError) as error:
         raise ValueError(
             f"TF_CONFIG must be a JSON object like {{'cluster': {{'worker': [...]}}, 'task': "
-            f"{{'type': 'worker', 'index': 0}}}}; got {raw!r} ({error}). Fix or unset TF_CONFIG."
+            f"{{'type': 'worker', 'index': 0}}}}; got {raw!r} ({error}). {_FIX}"
         ) from error
+    if not isinstance(cluster, dict):
+        raise ValueError(
+            'TF_CONFIG\'s "cluster" must be a JSON object of task type -> list of "host:port" addresses, e.g. '
+            f'{{"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}}; received {cluster!r}. {_FIX}'
+        )
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise ValueError(f'TF_CONFIG\'s cluster["{kind}"] must be a list of "host:port" addresses; '
+                             f"received {addresses!r}. {_FIX}")
     if cluster.get("ps"):
         raise ValueError(
             "TF_CONFIG names parameter servers ('ps'), which MultiWorkerMirroredStrategy does not "
             "use. Create tf.distribute.ParameterServerStrategy yourself, or remove 'ps' from "
             "TF_CONFIG."
         )
-    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    tasks = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    task = config.get("task")
+    if task is None:
+        if tasks > 1:
+            raise ValueError(f'TF_CONFIG names {tasks} tasks but no "task" (this process\'s {{"type": ..., '
+                             f'"index": ...}}). {_FIX}')
+        return tasks
+    if not (isinstance(task, dict) and isinstance(task.get("type"), str)
+            and isinstance(task.get("index", 0), int) and not isinstance(task.get("index", 0), bool)):
+        raise ValueError(
+            'TF_CONFIG\'s "task" must be a JSON object like {"type": "worker", "index": 0} naming this '
+            f"process's task in the cluster; received {task!r}. {_FIX}"
+        )
+    in_cluster = 0 <= task.get("index", 0) < len(cluster.get(task["type"], []))
+    if not in_cluster and task["type"] != "evaluator":  # TensorFlow's evaluator task sits outside the cluster
+        raise ValueError(
+            f"TF_CONFIG's task {json.dumps(task)} is not in the cluster, which has "
+            f'{len(cluster.get(task["type"], []))} "{task["type"]}" task(s). {_FIX}'
+        )
+    return tasks
 
 
 def _gpu_devices() -> list[str]:

@@ -48,7 +48,7 @@ class HardMish(keras.layers.Layer):
 
     >>> import keras, keras_trainx
     >>> keras_trainx.layers.HardMish()(keras.ops.convert_to_tensor([-3.0, -1.0, 0.5])).numpy().tolist()
-    [-0.0, -0.5, 0.5]
+    [0.0, -0.5, 0.5]
     """
 
     def __init__(self, **kwargs: Any) -> None:

@@ -1,8 +1,12 @@
 """Loading saved models: `custom_objects()`, `load_model()`, and `keras-trainx inspect MODEL`."""
 
+import contextlib
 import json
 import os
+import stat
 import zipfile
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
@@ -100,7 +104,9 @@ def load_model(filepath: str | os.PathLike, custom_objects: dict[str, Any] | Non
 
     Args:
         filepath: Path of a `.keras` file (or unzipped `.keras` directory) or a legacy `.h5` file.
-        custom_objects: Optional dict of the caller's own objects; its keys win over ours.
+        custom_objects: Optional dict of the caller's own objects; its keys win over ours and over
+            objects registered with Keras under the same names (during the load, Keras' registry
+            holds the caller's objects under those names).
         **kwargs: Passed on to `keras.models.load_model` (`compile`, `safe_mode`).
 
     Returns:
@@ -108,8 +114,10 @@ def load_model(filepath: str | os.PathLike, custom_objects: dict[str, Any] | Non
 
     Raises:
         ValueError: For a TensorFlow SavedModel directory (Keras 3 cannot load one as a model; the
-            message names `keras.layers.TFSMLayer`), and when the model references objects that
-            resolve nowhere (the message lists their names).
+            message names `keras.layers.TFSMLayer`), for a file that is not a readable saved model
+            (as `read_config` says, checked before Keras reads it; also a damaged zip archive), and
+            when the model references objects that resolve nowhere (the message lists their names).
+        OSError: When nothing is at `filepath` (FileNotFoundError) or the file cannot be read.
 
     Example:
 
@@ -128,9 +136,13 @@ def load_model(filepath: str | os.PathLike, custom_objects: dict[str, Any] | Non
             "(or '.h5')."
         )
     _check_custom_objects(custom_objects)
+    read_config(path)
     merged = {**_bundle(), **(custom_objects or {})}
     try:
-        return keras.models.load_model(path, custom_objects=merged, **kwargs)
+        with _users_keys_first(custom_objects or {}):
+            return keras.models.load_model(path, custom_objects=merged, **kwargs)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise _unreadable(path, f"the zip archive is damaged ({error})") from error
     except (TypeError, ValueError) as error:
         unknown = [name for name, resolves in referenced_objects(path, custom_objects).items() if not resolves]
         if unknown:
@@ -149,15 +161,49 @@ def load_model(filepath: str | os.PathLike, custom_objects: dict[str, Any] | Non
         raise
 
 
+@contextlib.contextmanager
+def _users_keys_first(custom_objects: dict[str, Any]) -> Iterator[None]:
+    """Lets the caller's `custom_objects` win over objects registered under the same names.
+
+    Keras looks registered names up in its global registry before the `custom_objects` it is given
+    (and before `custom_object_scope`), so a caller's `{"keras_trainx>Mish": MyMish}` would lose to
+    our registered `Mish`. For the duration of the load, the registry (`keras.saving.get_custom_objects()`)
+    holds the caller's objects under those names; the previous entries come back afterwards.
+    """
+    registry = keras.saving.get_custom_objects()
+    shadowed = {name: registry[name] for name in custom_objects if name in registry}
+    registry.update({name: custom_objects[name] for name in shadowed})
+    try:
+        yield
+    finally:
+        registry.update(shadowed)
+
+
 def _existing_path(filepath: str | os.PathLike) -> str:
-    """`filepath` as a string path; FileNotFoundError naming it when nothing is there."""
+    """`filepath` as a string path to a regular file or a directory, checked before any read.
+
+    Raises FileNotFoundError when nothing is there, and ValueError for a named pipe (reading one waits
+    for a writer), a socket or a device.
+    """
     if not isinstance(filepath, (str, os.PathLike)):
         raise TypeError(f"`filepath` must be a path (str or os.PathLike); received filepath={filepath!r} of type "
                         f"{type(filepath).__name__}.")
     path = os.fspath(filepath)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file or directory: {path!r}.")
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise _unreadable(path, f"it is {kind}; {_FORMATS}")
     return path
+
+
+_FORMATS = "pass a .keras file, an unzipped .keras directory or an .h5 file"
+
+
+def _unreadable(path: str, what: str) -> ValueError:
+    return ValueError(f"{path!r} is not a readable saved model: {what}.")
 
 
 def _check_custom_objects(custom_objects: object) -> None:
@@ -179,47 +225,96 @@ def read_config(filepath: str | os.PathLike) -> dict[str, Any]:
     A `.keras` config includes its `"compile_config"` (optimizer with its schedule, losses, metrics);
     a tf.keras 2 `.h5` training config is left out (its optimizer names, e.g. "Custom>Adam", are
     tf.keras built-ins, not custom objects).
+
+    Raises:
+        FileNotFoundError: nothing is at `filepath`; another `OSError` when the file cannot be read.
+        ValueError: `filepath` is not a saved model (a named pipe, a directory without config.json,
+            neither a zip nor an HDF5 file) or its config cannot be read (a damaged zip archive, no
+            config.json, not UTF-8, not JSON, nested too deeply, not a JSON object); the message names
+            the file and what is wrong.
+
+    Example:
+
+    >>> import keras, keras_trainx, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "mish.keras")
+    >>> keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish()]).save(path)
+    >>> keras_trainx.saving.read_config(path)["class_name"]
+    'Sequential'
     """
     path = _existing_path(filepath)
     if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "config.json")):
-            raise ValueError(f"{path!r} is a directory without config.json; pass a .keras or .h5 file.")
-        with open(os.path.join(path, "config.json")) as f:
-            return json.load(f)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise _unreadable(path, f"it is a directory without config.json; {_FORMATS}")
+        with open(os.path.join(path, "config.json"), "rb") as f:
+            return _parse_config(path, f.read(), "config.json")
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
+        try:
+            with zipfile.ZipFile(path) as archive:
+                raw = archive.read("config.json")
+        except KeyError:
+            raise _unreadable(path, "the zip archive holds no config.json") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+            raise _unreadable(path, f"the zip archive is damaged ({error})") from None
+        return _parse_config(path, raw, "config.json")
     if h5py.is_hdf5(path):
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
-                raise ValueError(f"{path!r} is an HDF5 file without a model config (a weights-only file?).")
-            return json.loads(f.attrs["model_config"])
-    raise ValueError(f"{path!r} is neither a .keras zip, a .keras directory nor an HDF5 file.")
+                raise _unreadable(path, "the HDF5 file holds no model config (a weights-only file?)")
+            raw = f.attrs["model_config"]
+        return _parse_config(path, raw.encode("utf-8") if isinstance(raw, str) else bytes(raw),
+                             "its model_config attribute")
+    raise _unreadable(path, f"it is neither a .keras zip archive nor an HDF5 (.h5) file; {_FORMATS}")
 
 
-def _references(node: Any, found: set[str]) -> None:
-    """Collects the names of objects a config references but that are not Keras built-ins."""
-    if isinstance(node, list):
-        for item in node:
-            _references(item, found)
-        return
-    if not isinstance(node, dict):
-        return
-    for key in ("activation", "recurrent_activation"):
-        if isinstance(node.get(key), str) and not _is_keras_activation(node[key]):
-            found.add(node[key])
-    if isinstance(node.get("class_name"), str):
-        name = _object_name(node)
-        if name is not None:
-            found.add(name)
-    for value in node.values():
-        _references(value, found)
+_JSON_KINDS = {int: "number", float: "number", str: "string", list: "array", bool: "true/false",
+               type(None): "null"}
+
+
+def _parse_config(path: str, raw: bytes, where: str) -> dict[str, Any]:
+    """The JSON object `raw` holds; ValueError naming `path`, `where` and what is wrong otherwise."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _unreadable(path, f"{where} is not UTF-8 text ({error})") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _unreadable(path, f"{where} is not JSON ({error})") from None
+    except RecursionError:
+        raise _unreadable(path, f"{where} is nested too deeply to be a model config") from None
+    if not isinstance(config, dict):
+        raise _unreadable(path, f"{where} holds a JSON {_JSON_KINDS[type(config)]}, not a model config "
+                                f"(a JSON object)")
+    return config
+
+
+def _references(config: Any, found: set[str]) -> None:
+    """Collects the names of objects a config references but that are not Keras built-ins.
+
+    Walks the config with a stack, not recursion: a config as deep as JSON allows is still read.
+    """
+    pending = [config]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key in ("activation", "recurrent_activation"):
+            if isinstance(node.get(key), str) and not _is_keras_activation(node[key]):
+                found.add(node[key])
+        if isinstance(node.get("class_name"), str):
+            name = _object_name(node)
+            if name is not None:
+                found.add(name)
+        pending.extend(node.values())
 
 
 def _object_name(node: dict[str, Any]) -> str | None:
     """The name a serialized object is looked up by, or None for a Keras built-in."""
     class_name, module = node["class_name"], node.get("module")
-    registered = node.get("registered_name")
+    registered = node.get("registered_name") if isinstance(node.get("registered_name"), str) else None
     from_keras = module == "keras" or str(module).startswith("keras.")
     if class_name.startswith("__"):
         return None

@@ -7,6 +7,7 @@ the message alone tells the user the fix.
 
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Collection
 from typing import Any
@@ -107,6 +108,39 @@ def check_choice(name: str, value: Any, choices: Collection[Any], *, hint: str =
         accepted = ", ".join(repr(c) for c in choices)
         raise ValueError(_join(f"`{name}` must be one of {accepted}; {_received(name, value)}.", hint))
     return value
+
+
+def check_output_folder(name: str, value: Any) -> str:
+    """Returns `value` as a path if it names a folder that exists, or that can be created, to write in.
+
+    Checked before any work, so that a long run does not end failing to save: the path must not be a
+    file, the nearest folder above it that exists must be a folder, and that folder writable.
+
+    Example:
+
+    >>> import tempfile, os
+    >>> check_output_folder("output_dir", os.path.join(tempfile.mkdtemp(), "new", "models")).endswith("models")
+    True
+    >>> check_output_folder("output_dir", __file__)
+    Traceback (most recent call last):
+    ...
+    ValueError: `output_dir` must be a folder; received output_dir='...validation.py', an existing file.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path; {_received(name, value)} of type {type(value).__name__}.")
+    path = os.fspath(value)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`{name}` must be a folder; {_received(name, path)}, an existing file.")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"`{name}` cannot be created: {existing!r} is a file, not a folder; "
+                         f"{_received(name, path)}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"`{name}` cannot be written: no permission to write in {existing!r}; "
+                         f"{_received(name, path)}.")
+    return path
 
 
 def renamed_argument(owner: str, old_name: str, old_value: Any, new_name: str, new_value: Any,

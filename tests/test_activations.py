@@ -94,6 +94,23 @@ def test_hard_mish_keeps_dtype_and_is_finite(dtype):
     assert y.dtype == dtype and np.isfinite(y).all() and np.isfinite(g).all()
 
 
+def _hard_mish64(x):
+    """timm's formula in float64, at its limits for infinite inputs (0 at -inf, x at +inf)."""
+    x = np.asarray(x, "float64")
+    with np.errstate(invalid="ignore"):
+        return np.where(x >= 0, x, np.where(x < -2, 0.0, x * np.clip(x + 2, 0, 2) / 2))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_hard_mish_at_the_ends_of_the_dtypes_range_and_infinities(dtype):
+    largest = float(np.finfo(dtype).max)
+    x = np.array([-np.inf, -largest, -1e4, -2.0, -1.0, -0.5, 0.0, 1.0, 300.0, 4e4, largest, np.inf], dtype)
+    y, g = _value_and_gradient(activations.hard_mish, x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, _hard_mish64(x.astype("float64")).astype(dtype))
+    np.testing.assert_array_equal(g, [0.0, 0.0, 0.0, -1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+
 def test_hard_mish_is_registered_and_round_trips_in_a_layer_config():
     assert keras.saving.get_registered_name(activations.hard_mish) == "keras_trainx>hard_mish"
     layer = keras.layers.Dense(3, activation=activations.hard_mish)

@@ -93,3 +93,46 @@ def test_accepted_edge_values():
     assert seq.epoch == 4 and type(seq.epoch) is int
     assert int(AugmentedSequence(X, batch_size=5, seed=0).to_tf_dataset(prefetch=0).cardinality()) == 2
     assert int(to_tf_dataset(Plain(), prefetch=tf.data.AUTOTUNE).cardinality()) == 2
+
+
+def _pandas():
+    import pandas as pd
+
+    return pd
+
+
+# Data sources given odd tables or folders (issue #22): refused with the whole message below.
+SOURCES_REJECTED = [
+    (lambda d: AugmentedSequence.from_dataframe({"file": ["a.png"]}, "file"), TypeError,
+     "`df` must be a pandas DataFrame; received df of type dict."),
+    (lambda d: AugmentedSequence.from_dataframe(
+        _pandas().DataFrame({"file": ["a.png", "b.png", "c.png"], "kind": ["dog", None, float("nan")]}), "file",
+        "kind"), ValueError,
+     "`y_col` 'kind' has missing values (NaN or None) in the rows [1, 2]; drop or fill them first, e.g. "
+     "df.dropna(subset=['kind'])."),
+    (lambda d: AugmentedSequence.from_dataframe(
+        _pandas().DataFrame({"file": ["a.png", "b.png"], "w": [1.0, float("nan")], "h": [1.0, 2.0]},
+                            index=["x", "y"]), "file", ["w", "h"]), ValueError,
+     "`y_col` ['w', 'h'] has missing values (NaN or None) in the rows ['y']; drop or fill them first, e.g. "
+     "df.dropna(subset=['w', 'h'])."),
+    (lambda d: AugmentedSequence.from_dataframe(
+        _pandas().DataFrame({"file": ["a.png", None], "label": [0, 1]}), "file", "label"), ValueError,
+     "`x_col` 'file' has missing values (NaN or None) in the rows [1]; drop or fill them first, e.g. "
+     "df.dropna(subset=['file'])."),
+    (lambda d: AugmentedSequence.from_directory(d, extensions="png"), TypeError,
+     "`extensions` must be a list or tuple of file name endings such as ['.png', '.jpg']; received "
+     "extensions='png' of type str."),
+    (lambda d: AugmentedSequence.from_directory(d, extensions=[".png", "jpg"]), ValueError,
+     "`extensions[1]` must be a file name ending that starts with '.', such as '.jpg'; received "
+     "extensions[1]='jpg'."),
+]
+
+
+@pytest.mark.parametrize("call, error, message", SOURCES_REJECTED, ids=[c[2][:50] for c in SOURCES_REJECTED])
+def test_odd_tables_and_folders_are_refused_with_the_whole_message(call, error, message, tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "labels.json").write_text("{}")
+    (tmp_path / "cat" / "photo.jpg").write_bytes(b"")
+    with pytest.raises(error) as info:
+        call(tmp_path)
+    assert type(info.value) is error and str(info.value) == message

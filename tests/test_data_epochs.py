@@ -191,3 +191,96 @@ def test_resumed_run_with_new_objects_ends_with_the_uninterrupted_weights(traine
     assert_epochs_seen(seen, expected_epochs()[2:], first_epoch=2)
     for got, want in zip(resumed.get_weights(), uninterrupted.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+# The two hook idioms: a manual loop that serves every batch then calls only `on_epoch_end()` (Keras 2's
+# `Sequence` idiom), and Keras 3's `fit`, which opens and closes each epoch (`on_epoch_begin()`,
+# `on_epoch_end()`) after a lone `on_epoch_end()` (its iterator reset) that follows a look at the first
+# batches (the output signature). Both must give epochs 0, 1, 2, ... whatever the number of batches.
+
+def expected_batch_epochs(batch_size, epochs=EPOCHS):
+    """Each epoch's images as documented, for `batch_size` (no transform is skipped)."""
+    compose = A.Compose(copy.deepcopy(PIPELINE))
+    result = []
+    for epoch in range(epochs):
+        order = epoch_permutation(SEED, epoch, N)
+        batches = []
+        for index in range(N // batch_size):
+            compose.set_random_state(*batch_random_state(SEED, epoch, index))
+            batches.append(np.stack([compose(image=X[i])["image"] for i in order[index * batch_size:(index + 1) * batch_size]]))
+        result.append(batches)
+    return result
+
+
+def batch_sequence(batch_size, **kwargs):
+    return AugmentedSequence(X, Y, batch_size=batch_size, seed=SEED, transform=PIPELINE, **kwargs)
+
+
+def assert_images(got, expected):
+    """`got` are the batches of `expected` (a flat list of image batches), in order."""
+    assert len(got) == len(expected)
+    for index, (g, e) in enumerate(zip(got, expected)):
+        assert np.array_equal(g, e), f"served batch {index} differs from the expected one"
+
+
+@pytest.mark.parametrize("batch_size", [N, N // 2, BATCH])  # 1, 2 and 6 batches an epoch
+def test_keras2_idiom_every_batch_then_on_epoch_end_serves_the_next_epoch(batch_size):
+    seq = batch_sequence(batch_size)
+    expected = expected_batch_epochs(batch_size)
+    for epoch in range(EPOCHS):
+        assert seq.epoch == epoch
+        assert_images([seq[i][0] for i in range(len(seq))], expected[epoch])
+        seq.on_epoch_end()
+    assert seq.epoch == EPOCHS
+
+
+def test_keras2_idiom_iterating_the_sequence_and_fetching_from_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    seq = batch_sequence(BATCH, workers=2)
+    expected = expected_batch_epochs(BATCH)
+    assert_images([batch[0] for batch in seq], expected[0])
+    seq.on_epoch_end()
+    with ThreadPoolExecutor(2) as pool:
+        assert_images([batch[0] for batch in pool.map(seq.__getitem__, range(len(seq)))], expected[1])
+    seq.on_epoch_end()
+    seq.on_epoch_end()  # a second call with no batch served since ends no epoch
+    assert seq.epoch == 2
+    assert_images([seq[i][0] for i in range(len(seq))], expected[2])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("batch_size", [N, N // 2, BATCH])
+def test_model_fit_hooks_give_epochs_0_1_2_whatever_the_number_of_batches(batch_size, workers):
+    """Keras reads the first two batches for its signature, then resets: neither is an epoch."""
+    seen = []
+    seq = batch_sequence(batch_size, workers=workers, drop_remainder=True)
+    recording_model(seen).fit(seq, epochs=EPOCHS, shuffle=False, verbose=0)
+    assert seq.epoch == EPOCHS
+    assert_images(seen, [b for epoch in expected_batch_epochs(batch_size) for b in epoch])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_model_fit_after_a_keras2_epoch_and_a_second_fit_continue_the_epochs(workers):
+    seq = batch_sequence(N // 2, workers=workers, drop_remainder=True)
+    expected = expected_batch_epochs(N // 2, epochs=5)
+    assert_images([seq[i][0] for i in range(len(seq))], expected[0])
+    seq.on_epoch_end()
+    seen = []
+    model = recording_model(seen)
+    model.fit(seq, epochs=2, shuffle=False, verbose=0)
+    model.fit(seq, epochs=2, shuffle=False, verbose=0)
+    assert seq.epoch == 5
+    assert_images(seen, [b for epoch in expected[1:] for b in epoch])
+
+
+def test_keras2_loop_over_only_the_first_two_batches_with_keras_workers_is_told_its_epochs():
+    """Documented: after exactly Keras' signature look, a sequence with Keras workers does not advance."""
+    expected = expected_batch_epochs(N // 2)
+    for workers in (1, 2):
+        seq = batch_sequence(N // 2, workers=workers)
+        assert_images([seq[0][0], seq[1][0]], expected[0])
+        seq.on_epoch_end()
+        assert seq.epoch == (1 if workers == 1 else 0)
+    seq.set_epoch(1)
+    assert_images([seq[0][0], seq[1][0]], expected[1])

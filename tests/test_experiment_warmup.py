@@ -245,7 +245,7 @@ def _parser():
         (["--epochs", "5", "--warmup-epochs", "5"], "`warmup_epochs`"),
         (["--epochs", "0"], "`epochs` must be an int >= 1"),
         (["--remainder", "keep"], "invalid choice"),
-        (["--output-dir", __file__], "is a file; name a folder"),
+        (["--output-dir", __file__], "`--output-dir` must be a folder"),
     ],
 )
 def test_cli_usage_mistakes_exit_2_before_training(no_training, argv, words, capsys):

@@ -77,6 +77,26 @@ def test_users_custom_objects_win(legacy):
     assert not np.allclose(model.predict(x, verbose=0), np.load(legacy / "function.npy"), atol=1e-3)
 
 
+def test_users_keys_win_over_our_registered_objects_and_the_registry_is_restored(tmp_path):
+    """README: in `load_model(path, custom_objects=...)` the caller's keys win over the bundle."""
+    model = keras.Sequential([keras.Input((3,)), layers.Mish(), keras.layers.Dense(2, activation=activations.hard_mish)])
+    model.save(tmp_path / "m.keras")
+    x = np.array([[-2.0, 0.5, 3.0]], np.float32)
+
+    def twice(t):
+        return 2.0 * t
+
+    loaded = keras_trainx.load_model(tmp_path / "m.keras", custom_objects={
+        "keras_trainx>Mish": keras.layers.ReLU, "keras_trainx>hard_mish": twice})
+    assert [type(layer) for layer in loaded.layers] == [keras.layers.ReLU, keras.layers.Dense]
+    assert loaded.layers[1].activation is twice
+    kernel, bias = model.layers[1].get_weights()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), 2.0 * (np.maximum(x, 0) @ kernel + bias), rtol=1e-6)
+    registry = keras.saving.get_custom_objects()
+    assert registry["keras_trainx>Mish"] is layers.Mish and registry["keras_trainx>hard_mish"] is activations.hard_mish
+    assert type(keras_trainx.load_model(tmp_path / "m.keras").layers[0]) is layers.Mish
+
+
 def test_compiled_tf_keras_h5_loads_or_says_to_pass_compile_false(legacy):
     # Keras 3.15 cannot rebuild a tf.keras 2 training config; Keras 3.16 can. Ours follows Keras,
     # and where Keras fails, says what to do.

@@ -8,9 +8,15 @@ of range) and the whole message, which names the argument, the accepted range an
 deep without naming the argument, before the reliability sweep (issue #12).
 """
 
+import contextlib
 import math
+import os
+import re
+import signal
 import warnings
+import zipfile
 
+import h5py
 import numpy as np
 import pytest
 
@@ -30,6 +36,21 @@ def _model():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     return model
+
+
+def _with_tf_config(config):
+    """`auto_strategy()` with TF_CONFIG set to `config` (JSON) for the call."""
+    import json
+
+    previous = os.environ.get("TF_CONFIG")
+    os.environ["TF_CONFIG"] = json.dumps(config)
+    try:
+        return distribute.auto_strategy()
+    finally:
+        if previous is None:
+            del os.environ["TF_CONFIG"]
+        else:
+            os.environ["TF_CONFIG"] = previous
 
 
 ANNEALS = "Each cycle anneals from its peak max_learning_rate down to min_learning_rate."
@@ -74,6 +95,10 @@ CASES = [
      "`final_div_factor` must be a number > 0.0; received final_div_factor=-1.0."),
     (lambda: OneCycle(0.1, 100, anneal="cosine"), ValueError,
      "`anneal` must be one of ('cos', 'linear'); received anneal='cosine'."),
+    # a saved WarmUp config without its `after` (the schedule the warm-up hands over to)
+    (lambda: schedules.WarmUp.from_config({"warmup_steps": 10}), TypeError,
+     "A WarmUp config must hold `after` (the schedule or constant learning rate after the warm-up); received a "
+     "config with the keys ['warmup_steps']."),
     # values() and plot()
     (lambda: schedules.values(OneCycle(0.1, 10), 0), ValueError,
      "`steps` must be >= 1 when given as an int; received steps=0."),
@@ -93,6 +118,28 @@ CASES = [
     (lambda: distribute.auto_strategy(tpu=" "), ValueError,
      "`tpu` must not be empty: pass a TPU name, 'grpc://host:port' or 'local', or tpu=None to detect a TPU from "
      "the environment."),
+    # a malformed TF_CONFIG (auto_strategy reads it from the environment)
+    (lambda: _with_tf_config({"cluster": 3}), ValueError,
+     'TF_CONFIG\'s "cluster" must be a JSON object of task type -> list of "host:port" addresses, e.g. '
+     '{"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}; received 3. Fix or unset TF_CONFIG.'),
+    (lambda: _with_tf_config({"cluster": {"worker": 3}}), ValueError,
+     'TF_CONFIG\'s cluster["worker"] must be a list of "host:port" addresses; received 3. Fix or unset '
+     "TF_CONFIG."),
+    (lambda: _with_tf_config({"cluster": {"worker": "10.0.0.1:2222,10.0.0.2:2222"}}), ValueError,
+     'TF_CONFIG\'s cluster["worker"] must be a list of "host:port" addresses; received '
+     "'10.0.0.1:2222,10.0.0.2:2222'. Fix or unset TF_CONFIG."),
+    (lambda: _with_tf_config({"cluster": {"worker": ["a:1", 2]}}), ValueError,
+     'TF_CONFIG\'s cluster["worker"] must be a list of "host:port" addresses; received [\'a:1\', 2]. Fix or '
+     "unset TF_CONFIG."),
+    (lambda: _with_tf_config({"cluster": {"worker": ["a:1", "b:2"]}, "task": "worker"}), ValueError,
+     'TF_CONFIG\'s "task" must be a JSON object like {"type": "worker", "index": 0} naming this process\'s '
+     "task in the cluster; received 'worker'. Fix or unset TF_CONFIG."),
+    (lambda: _with_tf_config({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}),
+     ValueError, 'TF_CONFIG\'s task {"type": "worker", "index": 2} is not in the cluster, which has 2 '
+                 '"worker" task(s). Fix or unset TF_CONFIG.'),
+    (lambda: _with_tf_config({"cluster": {"worker": ["a:1", "b:2"]}}), ValueError,
+     'TF_CONFIG names 2 tasks but no "task" (this process\'s {"type": ..., "index": ...}). Fix or unset '
+     "TF_CONFIG."),
     (lambda: distribute.global_batch_size(0), ValueError,
      "`per_replica_batch_size` must be an int >= 1; received per_replica_batch_size=0."),
     (lambda: distribute.scale_learning_rate(INF, 64, 32), ValueError,
@@ -143,6 +190,9 @@ CASES = [
     (lambda: demo.run(output_dir=__file__), ValueError,
      f"`output_dir` must be a folder; received output_dir={__file__!r}, an existing file."),
     (lambda: demo.run(output_dir=3), TypeError, "`output_dir` must be a path; received output_dir=3 of type int."),
+    (lambda: demo.run(output_dir=os.path.join(__file__, "models")), ValueError,
+     f"`output_dir` cannot be created: {__file__!r} is a file, not a folder; received "
+     f"output_dir={os.path.join(__file__, 'models')!r}."),
     (lambda: demo.run(seed=-1), ValueError, "`seed` must be an int >= 0 and <= 4294967295; received seed=-1."),
     (lambda: demo.run(verbose=3), ValueError, "`verbose` must be an int >= 0 and <= 2; received verbose=3."),
 ]
@@ -156,3 +206,138 @@ def test_rejected_with_a_message_naming_the_argument(call, error, message):
             call()
     assert type(info.value) is error
     assert str(info.value) == message
+
+
+# Saved-model files that are not readable models (issue #22): `read_config`, `referenced_objects` and
+# `load_model` raise the same ValueError naming the file and what is wrong, before any other work;
+# `keras-trainx inspect` prints it as one line and exits with status 2. A named pipe or a directory is
+# refused before anything is read from it (a pipe would block the reader until a writer comes).
+
+NOT_A_MODEL = "pass a .keras file, an unzipped .keras directory or an .h5 file"
+
+
+def _zip(path, files, method=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", method) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _with_config(directory, name, config):
+    return _zip(directory / name, {"metadata.json": b"{}", "config.json": config, "model.weights.h5": b""})
+
+
+def _damaged(directory, name, method):
+    """A .keras zip whose config.json bytes are overwritten after writing (bad CRC or bad deflate data)."""
+    path = _zip(directory / name, {"config.json": b'{"class_name": "Sequential", "config": {}}' * 20}, method)
+    info = zipfile.ZipFile(path).getinfo("config.json")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data = bytearray(path.read_bytes())
+    data[start:start + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _fifo(directory):
+    os.mkfifo(directory / "pipe.keras")
+    return directory / "pipe.keras"
+
+
+def _h5_weights_only(directory):
+    with h5py.File(directory / "weights.h5", "w") as f:
+        f.create_dataset("w", data=np.zeros(2))
+    return directory / "weights.h5"
+
+
+def _named(directory, name, data):
+    (directory / name).write_bytes(data)
+    return directory / name
+
+
+FILE_CASES = [
+    ("no-config", lambda d: _zip(d / "noconfig.keras", {"metadata.json": b"{}"}),
+     "{p} is not a readable saved model: the zip archive holds no config.json."),
+    ("bad-crc", lambda d: _damaged(d, "crc.keras", zipfile.ZIP_STORED),
+     "{p} is not a readable saved model: the zip archive is damaged (Bad CRC-32 for file 'config.json')."),
+    ("bad-deflate", lambda d: _damaged(d, "deflate.keras", zipfile.ZIP_DEFLATED),
+     "{p} is not a readable saved model: the zip archive is damaged (Error -3 while decompressing data: "
+     "invalid block type)."),
+    ("not-json", lambda d: _with_config(d, "notjson.keras", b"{not json"),
+     "{p} is not a readable saved model: config.json is not JSON (Expecting property name enclosed in double "
+     "quotes: line 1 column 2 (char 1))."),
+    ("not-utf8", lambda d: _with_config(d, "latin1.keras", '{"name": "caf\xe9"}'.encode("latin-1")),
+     "{p} is not a readable saved model: config.json is not UTF-8 text ('utf-8' codec can't decode byte 0xe9 "
+     "in position 13: invalid continuation byte)."),
+    ("deeply-nested", lambda d: _with_config(d, "nested.keras", b"[" * 100_000 + b"]" * 100_000),
+     "{p} is not a readable saved model: config.json is nested too deeply to be a model config."),
+    ("a-number", lambda d: _with_config(d, "number.keras", b"3"),
+     "{p} is not a readable saved model: config.json holds a JSON number, not a model config (a JSON object)."),
+    ("a-list", lambda d: _with_config(d, "list.keras", b"[]"),
+     "{p} is not a readable saved model: config.json holds a JSON array, not a model config (a JSON object)."),
+    ("text-file", lambda d: _named(d, "notes.keras", b"not a model"),
+     "{p} is not a readable saved model: it is neither a .keras zip archive nor an HDF5 (.h5) file; "
+     + NOT_A_MODEL + "."),
+    ("h5-weights-only", _h5_weights_only,
+     "{p} is not a readable saved model: the HDF5 file holds no model config (a weights-only file?)."),
+    ("directory", lambda d: (d / "folder").mkdir() or d / "folder",
+     "{p} is not a readable saved model: it is a directory without config.json; " + NOT_A_MODEL + "."),
+    ("named-pipe", _fifo, "{p} is not a readable saved model: it is a named pipe; " + NOT_A_MODEL + "."),
+]
+
+
+@contextlib.contextmanager
+def _deadline(seconds):
+    """Fails the test instead of hanging when the block takes longer than `seconds` (a blocked read)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("make,message", [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+def test_unreadable_saved_models_are_refused_naming_the_file(make, message, tmp_path, capsys):
+    from keras_trainx import cli
+
+    path = make(tmp_path)
+    expected = message.format(p=repr(str(path)))
+    for call in (saving.read_config, saving.referenced_objects, keras_trainx.load_model):
+        with _deadline(20), pytest.raises(ValueError) as info:
+            call(path)
+        assert type(info.value) is ValueError and str(info.value) == expected, call.__name__
+    with _deadline(20):
+        assert cli.main(["inspect", str(path)]) == 2
+    assert capsys.readouterr().err == f"keras-trainx inspect: error: MODEL: {expected}\n"
+
+
+def test_an_unreadable_file_is_an_os_error_naming_it(tmp_path, capsys):
+    from keras_trainx import cli
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their permissions")
+    path = _with_config(tmp_path, "locked.keras", b"{}")
+    path.chmod(0)
+    with pytest.raises(PermissionError, match=re.escape(repr(str(path)))):
+        saving.read_config(path)
+    assert cli.main(["inspect", str(path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_damaged_weights_in_a_keras_archive_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
+    info = zipfile.ZipFile(path).getinfo("model.weights.h5")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2
+    data = bytearray(path.read_bytes())
+    data[start] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert saving.read_config(path)["class_name"] == "Sequential"
+    with pytest.raises(ValueError) as info:
+        keras_trainx.load_model(path)
+    assert str(info.value) == (f"{str(path)!r} is not a readable saved model: the zip archive is damaged "
+                               "(Bad CRC-32 for file 'model.weights.h5').")

@@ -12,6 +12,7 @@ from typing import Any
 import tensorflow as tf
 from keras.src.backend.common.masking import get_keras_mask
 from keras.src.losses.loss import unscale_loss_for_distribution
+from keras.src.trainers.data_adapters.data_adapter_utils import NUM_BATCHES_FOR_TENSOR_SPEC
 from tensorflow.python.distribute.values import PerReplicaSpec
 
 
@@ -72,6 +73,16 @@ def unscale_for_distribution(loss: Any) -> Any:
     Keras' `train_step` calls this same private function before updating its loss tracker.
     """
     return unscale_loss_for_distribution(loss)
+
+
+def signature_batches() -> int:
+    """How many first batches of a `PyDataset` Keras reads for its output signature (2).
+
+    `PyDatasetAdapter.get_tf_dataset` reads batches `0, 1, ...` of a finite `PyDataset` before
+    `Model.fit` resets its iterator with a lone `on_epoch_end()`; `AugmentedSequence` tells that look
+    from an epoch served by a manual loop. Keras documents neither the look nor its length.
+    """
+    return NUM_BATCHES_FOR_TENSOR_SPEC
 
 
 @contextlib.contextmanager

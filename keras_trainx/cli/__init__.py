@@ -3,7 +3,8 @@
 Each subcommand is a module of this package with `register(subparsers)` (adds its parser and sets
 `func=run`) and `run(args) -> int`. Usage mistakes exit with status 2 (argparse), failures the user
 can act on (`CommandError`, or a missing optional package: `MissingExtraError`) with status 1 and
-one line on stderr, never a traceback. The library
+one line on stderr, never a traceback; Ctrl-C (KeyboardInterrupt) with status 130 and one line
+(`demo` writes its model under a temporary name and renames it when complete). The library
 never imports this package.
 """
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtraError as error:
         print(f"keras-trainx {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"keras-trainx {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

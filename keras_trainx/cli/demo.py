@@ -1,7 +1,6 @@
 """`keras-trainx demo`: the main job, a Mish CNN on scikit-learn's digits with fit_accumulated."""
 
 import argparse
-import os
 
 from keras_trainx.cli.errors import CommandError
 
@@ -39,10 +38,13 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Checks the arguments before any work, then runs the demo; 0 when the reload is identical."""
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise CommandError(f"--output-dir {args.output_dir!r} is a file; name a folder", status=2)
     from keras_trainx import demo
+    from keras_trainx.validation import check_output_folder
 
+    try:
+        check_output_folder("--output-dir", args.output_dir)
+    except ValueError as error:
+        raise CommandError(str(error), status=2) from None
     arguments = dict(epochs=args.epochs, batch_size=args.batch_size, accum_steps=args.accum_steps,
                      output_dir=args.output_dir, seed=args.seed, verbose=args.verbose)
     try:

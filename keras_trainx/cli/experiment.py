@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     """Checks every argument, runs the sweep, prints the table, writes the CSV and the plot."""
     from keras_trainx.experiments import QUICK, FULL, check_warmup_sweep, format_table, plot_sweep, write_csv
     from keras_trainx.extras import require
+    from keras_trainx.validation import check_output_folder
 
     preset = QUICK if args.quick else FULL
     try:
@@ -69,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     require("sklearn", "keras-trainx experiment warmup")
     if not args.no_plot:
         require("matplotlib", "keras-trainx experiment warmup's plot (or pass --no-plot)")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise CommandError(f"--output-dir {args.output_dir!r} is a file; name a folder", status=2)
+    try:
+        check_output_folder("--output-dir", args.output_dir)
+    except ValueError as error:
+        raise CommandError(str(error), status=2) from None
     os.makedirs(args.output_dir, exist_ok=True)
 
     from keras_trainx.experiments import warmup_sweep

@@ -38,50 +38,108 @@ def run(args: argparse.Namespace) -> int:
     _check_output(args.output)
     try:
         schedule = schedule_from_arguments(args.schedule, args.config)
-        lrs = schedules.values(schedule, args.steps)
+        figure = schedules.plot(schedule, args.steps)
     except (TypeError, ValueError) as error:
-        raise CommandError(str(error), status=2) from None
-    figure = schedules.plot(schedule, args.steps)
+        raise CommandError(" ".join(str(error).split()), status=2) from None
+    (line,) = figure.axes[0].get_lines()  # the steps where the curve is drawn (schedules.drawn_steps)
+    steps, lrs = line.get_xdata(), line.get_ydata()
     figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(
         f"wrote {args.output}: {type(schedule).__name__}, {args.steps} steps, "
-        f"first {lrs[0]:.6g}, max {lrs.max():.6g} at step {int(lrs.argmax())}, last {lrs[-1]:.6g}"
+        f"first {lrs[0]:.6g}, max {lrs.max():.6g} at step {int(steps[lrs.argmax()])}, last {lrs[-1]:.6g}"
     )
     return 0
 
 
 def _check_output(output: str) -> None:
+    """-o/--output names a .png file that can be written: not a folder, in a writable folder."""
     if not output.lower().endswith(".png"):
         raise CommandError(f"-o/--output {output!r} must name a .png file", status=2)
+    if os.path.isdir(output):
+        raise CommandError(f"-o/--output {output!r} is a folder; name a .png file", status=2)
     directory = os.path.dirname(output) or "."
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CommandError(f"-o/--output {output!r}: {directory!r} is a file, not a folder", status=2)
     if not os.path.isdir(directory):
         raise CommandError(f"-o/--output {output!r}: folder {directory!r} does not exist", status=2)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CommandError(f"-o/--output {output!r}: no permission to write in folder {directory!r}", status=2)
+
+
+_JSON_KINDS = {int: "number", float: "number", str: "string", list: "array", bool: "true/false",
+               type(None): "null", dict: "object"}
+_SERIALIZED = ('must hold a serialized schedule: a JSON object with a "class_name" string and a "config" '
+               "object (as keras.saving.serialize_keras_object(schedule) writes)")
 
 
 def schedule_from_arguments(spec: str, config: str) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Builds a schedule from SCHEDULE and --config (see `register`)."""
+    """Builds a schedule from SCHEDULE and --config (see `register`).
+
+    Raises ValueError (TypeError for a schedule's own argument errors) naming the option or file and
+    what is wrong with it, in one line.
+    """
     if config != "{}" and (spec.endswith(".json") or spec.lstrip().startswith("{")):
         raise ValueError("--config goes with a class-name SCHEDULE; a JSON SCHEDULE holds its own config.")
     if spec.endswith(".json"):
+        where = f"SCHEDULE file {spec!r}"
         if not os.path.isfile(spec):
             raise ValueError(f"SCHEDULE {spec!r} looks like a JSON file but does not exist.")
-        with open(spec) as f:
-            serialized = json.load(f)
+        with open(spec, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{where} is not UTF-8 text ({error}).") from None
+        serialized = _parse(where, text)
     elif spec.lstrip().startswith("{"):
-        serialized = json.loads(spec)
+        where = f"SCHEDULE {spec!r}"
+        serialized = _parse(where, spec)
     else:
-        serialized = {"class_name": spec, "config": json.loads(config)}
-    ours = {
+        where = "--config"
+        arguments = _parse(f"--config {config!r}", config)
+        if not isinstance(arguments, dict):
+            raise ValueError(f"--config must be a JSON object of {spec}'s keyword arguments; received a JSON "
+                             f"{_JSON_KINDS[type(arguments)]}: {config!r}.")
+        serialized = {"class_name": spec, "config": arguments}
+    if not isinstance(serialized, dict):
+        raise ValueError(f"{where} {_SERIALIZED}; it is a JSON {_JSON_KINDS[type(serialized)]}.")
+    if not isinstance(serialized.get("class_name"), str) or not isinstance(serialized.get("config"), dict):
+        wrong = "class_name" if not isinstance(serialized.get("class_name"), str) else "config"
+        raise ValueError(f'{where} {_SERIALIZED}; its "{wrong}" is a JSON '
+                         f"{_JSON_KINDS.get(type(serialized.get(wrong)), 'value')}.")
+    objects = {**saving.custom_objects(), **_our_schedules()}
+    cls = _schedule_class(serialized, objects)
+    with keras.saving.CustomObjectScope(objects):
+        try:
+            return cls.from_config(serialized["config"])
+        except TypeError as error:  # an unknown or missing keyword argument: one line naming it
+            raise ValueError(f"{where}: {' '.join(str(error).split())}.") from None
+
+
+def _parse(where: str, text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not JSON ({error}).") from None
+
+
+def _our_schedules() -> dict[str, type]:
+    return {
         obj.__name__: obj
         for obj in saving.custom_objects().values()
         if isinstance(obj, type) and issubclass(obj, keras.optimizers.schedules.LearningRateSchedule)
     }
-    schedule = keras.optimizers.schedules.deserialize(
-        serialized, custom_objects={**saving.custom_objects(), **ours}
+
+
+def _schedule_class(serialized: dict,
+                    objects: dict[str, object]) -> type[keras.optimizers.schedules.LearningRateSchedule]:
+    """The `LearningRateSchedule` class a serialized schedule names: ours, Keras', or registered."""
+    name, registered = serialized["class_name"], serialized.get("registered_name")
+    for candidate in (objects.get(name), objects.get(str(registered)), getattr(keras.optimizers.schedules, name, None),
+                      keras.saving.get_registered_object(str(registered or name))):
+        if isinstance(candidate, type) and issubclass(candidate, keras.optimizers.schedules.LearningRateSchedule):
+            return candidate
+    raise ValueError(
+        f"SCHEDULE {name!r} is not a known learning-rate schedule; use one of {sorted(_our_schedules())} or a "
+        "Keras schedule (e.g. CosineDecay, PiecewiseConstantDecay)."
     )
-    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        raise ValueError(
-            f"SCHEDULE {spec!r} is not a known learning-rate schedule; use one of {sorted(ours)} or a Keras "
-            "schedule (e.g. CosineDecay, PiecewiseConstantDecay)."
-        )
-    return schedule

@@ -14,7 +14,8 @@ def directory_files(root: str | os.PathLike,
 
     Args:
         root: directory with one sub-directory per class.
-        extensions: file name endings counted as images (case-insensitive).
+        extensions: list or tuple of file name endings counted as images, each starting with "."
+            (case-insensitive).
 
     Returns:
         `(paths, labels, class_names)`: lists of paths, an int64 array, the sorted folder names.
@@ -28,9 +29,9 @@ def directory_files(root: str | os.PathLike,
     >>> directory_files(root)[2]
     ['cat']
     """
+    extensions = _check_extensions(extensions)
     if not os.path.isdir(root):
         raise ValueError(f"root: {root!r} is not a directory.")
-    extensions = tuple(e.lower() for e in extensions)
     class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not class_names:
         raise ValueError(f"root: {root!r} has no class sub-directories; put each class's images in root/<class>/.")
@@ -46,6 +47,30 @@ def directory_files(root: str | os.PathLike,
     return paths, np.asarray(labels, np.int64), class_names
 
 
+def _check_extensions(extensions: Any) -> tuple[str, ...]:
+    """`extensions` as lower-case endings; a bare string (whose letters would each match) is refused."""
+    if not isinstance(extensions, (list, tuple)):
+        raise TypeError("`extensions` must be a list or tuple of file name endings such as ['.png', '.jpg']; "
+                        f"received extensions={extensions!r} of type {type(extensions).__name__}.")
+    for i, ending in enumerate(extensions):
+        if not isinstance(ending, str) or not ending.startswith(".") or len(ending) < 2:
+            example = "." + ending.lstrip(".") if isinstance(ending, str) and ending.strip(".") else ".png"
+            raise ValueError(f"`extensions[{i}]` must be a file name ending that starts with '.', such as "
+                             f"{example!r}; received extensions[{i}]={ending!r}.")
+    return tuple(e.lower() for e in extensions)
+
+
+def _check_no_missing(df: Any, name: str, columns: Any) -> None:
+    """Refuses NaN/None in `columns` of `df` (a missing label would become a class named "nan")."""
+    subset = [columns] if isinstance(columns, str) else list(columns)
+    missing = df[subset].isna().any(axis=1)
+    if missing.any():
+        rows = list(df.index[missing.to_numpy()])
+        shown = repr(rows[:5])[:-1] + (", ...]" if len(rows) > 5 else "]")
+        raise ValueError(f"`{name}` {columns!r} has missing values (NaN or None) in the rows {shown}; drop or "
+                         f"fill them first, e.g. df.dropna(subset={subset!r}).")
+
+
 def dataframe_files(df: Any, x_col: str, y_col: str | None = None,
                     directory: str | os.PathLike | None = None,
                     ) -> tuple[list[str], np.ndarray | None, list[str] | None]:
@@ -55,7 +80,8 @@ def dataframe_files(df: Any, x_col: str, y_col: str | None = None,
         df: a pandas DataFrame.
         x_col: column of file paths (relative to `directory` when given).
         y_col: None, one column (strings: class names mapped to sorted indices; numbers: used as
-            they are) or a list of numeric columns (regression targets (N, k)).
+            they are) or a list of numeric columns (regression targets (N, k)). Missing values
+            (NaN, None) in `x_col` or `y_col` are refused, naming their rows.
         directory: optional directory the paths are relative to.
 
     Returns:
@@ -69,10 +95,15 @@ def dataframe_files(df: Any, x_col: str, y_col: str | None = None,
     >>> paths, y.tolist(), names
     (['/data/a.png', '/data/b.png'], [1, 0], ['cat', 'dog'])
     """
+    if not (callable(getattr(df, "isna", None)) and hasattr(df, "columns") and hasattr(df, "index")):
+        raise TypeError(f"`df` must be a pandas DataFrame; received df of type {type(df).__name__}.")
     columns = [x_col] + ([] if y_col is None else [y_col] if isinstance(y_col, str) else list(y_col))
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"x_col/y_col: columns {missing} are not in the DataFrame (it has {list(df.columns)}).")
+    _check_no_missing(df, "x_col", x_col)
+    if y_col is not None:
+        _check_no_missing(df, "y_col", y_col)
     paths = [os.fspath(p) for p in df[x_col]]
     if directory is not None:
         paths = [os.path.join(directory, p) for p in paths]

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_trainx.compat import signature_batches
 from keras_trainx.data import loaders
 from keras_trainx.data.epochs import EpochCallback, remember_dataset
 from keras_trainx.data.pipeline import build_pipeline
@@ -28,10 +29,11 @@ class AugmentedSequence(keras.utils.PyDataset):
     pipeline (`Compose.set_random_state`), so transform decisions are independent of each other,
     thread or process workers reproduce the single-process batches exactly, and epochs differ.
     The sequence serves the epoch it is told: `set_epoch(e)`, or Keras' hooks, where `on_epoch_end()`
-    advances the epoch (and reshuffles when `shuffle`) after an epoch that `on_epoch_begin()` opened.
-    `Model.fit` calls both around every epoch (and a lone `on_epoch_end()` before the first, which is
-    thus not counted), so epoch 0 of `fit` equals epoch 0 of a manual loop that does the same
-    (`seq.on_epoch_begin()`, `seq[i]` for each batch, `seq.on_epoch_end()`). `fit_accumulated` adds
+    advances the epoch (and reshuffles when `shuffle`) after an epoch that `on_epoch_begin()` opened
+    or whose batches `seq[i]` served (see `on_epoch_end()`). Both loop idioms get epochs 0, 1, 2, ...:
+    Keras 2's (`seq[i]` for each batch, then `seq.on_epoch_end()`) and Keras 3's (`on_epoch_begin()`,
+    the batches, `on_epoch_end()`), which `Model.fit` follows around every epoch after a lone
+    `on_epoch_end()` that does not count, so epoch 0 of `fit` is epoch 0 of the sequence. `fit_accumulated` adds
     `epoch_callback()`, which sets the epoch `fit` reports before its batches are read, so a run resumed
     by `BackupAndRestore` continues the augmentations of the interrupted one; add it to the
     callbacks of `Model.fit` for the same.
@@ -129,6 +131,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         self._epoch = 0
         self._epoch_open = False
         self._epoch_told = False
+        self._served: list[int] = []  # the first batch indices seq[i] served of this epoch (3 at most)
+        self._unopened_end: tuple[int, bool] | None = None  # what on_epoch_begin() restores
         self._passes = 0
         self._orders: dict[int, np.ndarray] = {}
         self._local = threading.local()
@@ -140,7 +144,8 @@ class AugmentedSequence(keras.utils.PyDataset):
 
         Args:
             root: directory with one sub-directory per class.
-            extensions: file name endings counted as images (case-insensitive).
+            extensions: list or tuple of file name endings counted as images, each starting with "."
+                (case-insensitive).
             **kwargs: any other `AugmentedSequence` argument (not `x`, `y`, `class_names`).
 
         Returns:
@@ -159,7 +164,8 @@ class AugmentedSequence(keras.utils.PyDataset):
             x_col: column of file paths (relative to `directory` when given).
             y_col: None, a column of class names (strings: mapped to sorted indices, names kept in
                 `class_names`) or of numbers (labels or regression targets), or a list of numeric
-                columns (regression targets of shape (N, len(y_col))).
+                columns (regression targets of shape (N, len(y_col))). Rows with a missing value
+                (NaN, None) in `x_col` or `y_col` are refused, naming them.
             directory: optional directory the paths are relative to.
             **kwargs: any other `AugmentedSequence` argument.
 
@@ -208,6 +214,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         """
         self._epoch = check_int("epoch", epoch, minimum=0)
         self._epoch_told = True
+        self._served = []
+        self._unopened_end = None
 
     def epoch_callback(self) -> keras.callbacks.Callback:
         """A `keras.callbacks.Callback` that sets this sequence's epoch to `fit`'s at each epoch start.
@@ -260,7 +268,11 @@ class AugmentedSequence(keras.utils.PyDataset):
         return order[index * self.batch_size:(index + 1) * self.batch_size]
 
     def __getitem__(self, index: int) -> tuple:
-        return self.epoch_batch(self._epoch, index)
+        batch = self.epoch_batch(self._epoch, index)
+        if len(self._served) < 3:
+            self._served.append(index)
+        self._unopened_end = None
+        return batch
 
     def epoch_batch(self, epoch: int, index: int) -> tuple:
         """Batch `index` of epoch `epoch`, whatever epoch the sequence serves now.
@@ -302,18 +314,37 @@ class AugmentedSequence(keras.utils.PyDataset):
         return images, target
 
     def on_epoch_begin(self) -> None:
-        """Opens an epoch (Keras calls it at the start of every epoch of `fit` and `evaluate`)."""
+        """Opens an epoch (Keras calls it at the start of every epoch of `fit` and `evaluate`).
+
+        Takes back an `on_epoch_end()` that followed only Keras' signature look and no batch since
+        (see `on_epoch_end()`).
+        """
+        if self._unopened_end is not None:
+            self._epoch, self._epoch_told = self._unopened_end
+            self._unopened_end = None
         self._epoch_open = True
 
     def on_epoch_end(self) -> None:
-        """Advances the epoch, if `on_epoch_begin()` opened the epoch that ends.
+        """Advances the epoch if `on_epoch_begin()` opened it or `seq[i]` served batches of it.
 
-        Keras also calls it once before the first epoch (resetting its iterator); that call ends no
-        epoch and is not counted.
+        `Model.fit` calls it once before its first epoch (resetting its iterator) after a look at
+        batches 0 and 1 for its output signature (batch 0 of a one-batch sequence): such a call does
+        not count. After exactly that look, the call advances the epoch of a sequence without Keras
+        workers (`workers=1`, no multiprocessing) and an `on_epoch_begin()` before any further batch
+        takes it back; with Keras workers it ends no epoch, since those start reading before
+        `on_epoch_begin()` could take it back (a Keras 2 loop that serves only the first two batches
+        of such a sequence calls `set_epoch(e)` instead). A call with no batch served ends no epoch.
         """
-        if not self._epoch_open:
+        look = list(range(min(signature_batches(), len(self))))
+        if self._epoch_open or (self._served and self._served != look):
+            undo = None
+        elif self._served and self.workers == 1 and not self.use_multiprocessing:
+            undo = (self._epoch, self._epoch_told)
+        else:
             return
+        self._unopened_end = undo
         self._epoch_open = False
+        self._served = []
         self._epoch += 1
         self._epoch_told = False
 

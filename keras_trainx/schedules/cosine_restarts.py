@@ -6,9 +6,11 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_trainx.schedules.step_rules import FLOAT32_MAX, saturated_rate, valid_step
 from keras_trainx.validation import check_float, check_int, renamed_argument
 
 _LAST_STEP = 2**53  # float64 counts every step exactly up to here
+MAX_CYCLES = 100_000  # the cycle table's bound: past its last cycle, that cycle's length repeats
 
 
 @keras.saving.register_keras_serializable(package="keras_trainx")
@@ -32,9 +34,14 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
 
     With `warmup_steps=0` the first update uses `max_learning_rate` (the torch class sets the optimizer
     to its `min_lr` for its very first update only, an artefact of its constructor). The cycle
-    boundaries are laid out once, at construction, up to step 2**53 (or up to the cycle from which
-    `floor` keeps the length constant, which then repeats); a call compares the step with that table,
-    so its cost does not grow with the step, in graph mode and under XLA.
+    boundaries are laid out once, at construction, up to step 2**53, or up to the cycle from which
+    `floor` keeps the length constant, or up to `MAX_CYCLES` (100,000) cycles, whichever comes first;
+    past the table's last cycle that cycle's length repeats. A call compares the step with the table,
+    so its cost does not grow with the step, in graph mode and under XLA. The bound only matters for a
+    `cycle_mult` just above 1 with long cycles (more than 100,000 growing cycles need cycles of at
+    least ~7,700 steps, so the table then reaches past step 7.7e8). At call time a step below 0 or NaN
+    is step 0, +inf is step 2**53, and a peak beyond float32's range (`gamma > 1` over many cycles)
+    saturates at float32's largest value (`keras_trainx.schedules.step_rules`).
 
     Args:
         first_cycle_steps: Python int >= 1. Length of the first cycle, warm-up included.
@@ -81,9 +88,9 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
         self._starts, self._lengths = self._cycle_table()
 
     def _cycle_table(self) -> tuple[list[int], list[int]]:
-        """Start and length of every cycle up to step 2**53; the last cycle's length repeats."""
+        """Start and length of every cycle up to step 2**53 (`MAX_CYCLES` at most); the last one's length repeats."""
         starts, lengths = [0], [self.first_cycle_steps]
-        while starts[-1] + lengths[-1] < _LAST_STEP:
+        while starts[-1] + lengths[-1] < _LAST_STEP and len(starts) < MAX_CYCLES:
             following = math.floor((lengths[-1] - self.warmup_steps) * self.cycle_mult) + self.warmup_steps
             if following == lengths[-1]:
                 break
@@ -93,7 +100,7 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
 
     def _locate(self, step: Any) -> tuple[Any, Any, Any]:
         """Returns (cycle index, position in cycle, cycle length) of `step`, all float64 tensors."""
-        step = ops.cast(step, "float64")
+        step = ops.minimum(ops.cast(valid_step(step), "float64"), float(_LAST_STEP))
         starts = ops.convert_to_tensor(self._starts, "float64")
         lengths = ops.convert_to_tensor(self._lengths, "float64")
         index = ops.sum(ops.cast(starts <= step, "int32")) - 1
@@ -107,14 +114,15 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
         cycle = ops.cast(cycle, "float32")
         position = ops.cast(position, "float32")
         length = ops.cast(length, "float32")
-        peak = self.max_learning_rate * ops.power(ops.convert_to_tensor(self.gamma, "float32"), cycle)
+        peak = ops.minimum(self.max_learning_rate * ops.power(ops.convert_to_tensor(self.gamma, "float32"), cycle),
+                           FLOAT32_MAX)
         low = self.min_learning_rate
         warmup = float(self.warmup_steps)
         warming = low + (peak - low) * position / max(warmup, 1.0)
         annealed = low + (peak - low) * (
-            1.0 + ops.cos(math.pi * (position - warmup) / (length - warmup))
-        ) / 2.0
-        return ops.where(position < warmup, warming, annealed)
+            (1.0 + ops.cos(math.pi * (position - warmup) / (length - warmup))) / 2.0
+        )
+        return saturated_rate(ops.where(position < warmup, warming, annealed))
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -6,6 +6,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_trainx.schedules.step_rules import saturated_rate, valid_step
 from keras_trainx.validation import check_float, check_int
 
 
@@ -19,7 +20,9 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     ```
 
     The update with index `m` (a milestone) already uses the decayed rate, as PyTorch's
-    `torch.optim.lr_scheduler.MultiStepLR` stepped once per update.
+    `torch.optim.lr_scheduler.MultiStepLR` stepped once per update. A `factor > 1` is allowed (as in
+    torch); a rate beyond float32's range saturates at its largest value, and a step below 0 or NaN is
+    step 0 (`keras_trainx.schedules.step_rules`).
 
     Args:
         initial_learning_rate: Python float > 0. The learning rate before the first milestone.
@@ -47,10 +50,11 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.factor = check_float("factor", factor, minimum=0.0, exclusive_minimum=True)
 
     def __call__(self, step: Any) -> Any:
-        step = ops.convert_to_tensor(step)
+        step = valid_step(step)
         milestones = ops.convert_to_tensor(self.milestones, step.dtype)
         passed = ops.sum(ops.cast(ops.expand_dims(step, -1) >= milestones, "float32"), axis=-1)
-        return self.initial_learning_rate * ops.power(ops.convert_to_tensor(self.factor, "float32"), passed)
+        decayed = self.initial_learning_rate * ops.power(ops.convert_to_tensor(self.factor, "float32"), passed)
+        return saturated_rate(decayed)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -6,6 +6,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_trainx.schedules.step_rules import saturated_rate, valid_step
 from keras_trainx.validation import check_float, check_int
 
 _ANNEALS = ("cos", "linear")
@@ -32,7 +33,8 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     # anneal="linear": anneal(a, b, p) = a + (b - a) * p
     ```
 
-    Steps past `total_steps - 1` keep the final learning rate (torch raises there instead).
+    Steps past `total_steps - 1` keep the final learning rate (torch raises there instead); a step
+    below 0 or NaN is step 0 (`keras_trainx.schedules.step_rules`).
 
     Args:
         max_learning_rate: Python float > 0. The peak learning rate.
@@ -80,13 +82,13 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return start * weight + end * (1.0 - weight)
 
     def __call__(self, step: Any) -> Any:
-        step = ops.minimum(ops.cast(step, "float32"), float(self.total_steps - 1))
+        step = ops.minimum(ops.cast(valid_step(step), "float32"), float(self.total_steps - 1))
         initial = self.max_learning_rate / self.div_factor
         final = initial / self.final_div_factor
         peak = self.pct_start * self.total_steps - 1
         rising = self._anneal(initial, self.max_learning_rate, step / peak)
         falling = self._anneal(self.max_learning_rate, final, (step - peak) / (self.total_steps - 1 - peak))
-        return ops.where(step <= peak, rising, falling)
+        return saturated_rate(ops.where(step <= peak, rising, falling))
 
     def get_config(self) -> dict[str, Any]:
         return {

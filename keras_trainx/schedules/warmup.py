@@ -5,6 +5,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_trainx.schedules.step_rules import saturated_rate, valid_step
 from keras_trainx.validation import check_bool, check_choice, check_float, check_int
 
 _MODES = ("linear", "exponential")
@@ -29,7 +30,10 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         return after(step - warmup_steps) if offset else after(step)
     ```
 
-    The branch is taken with `ops.where`, so the schedule runs in graph mode and under XLA.
+    The branch is taken with `ops.where`, so the schedule runs in graph mode and under XLA. At call
+    time the rules of `keras_trainx.schedules.step_rules` hold: a step below 0 or NaN is step 0,
+    integer steps are read as int64 (an int32 counter with `warmup_steps` beyond 2**31 works), and an
+    exponential ramp towards a peak of 0 is 0 after its first update.
     `after` is serialized as a Keras object: a `WarmUp` around any registered schedule (ours or
     Keras') saves and loads with the optimizer.
 
@@ -128,7 +132,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         return ops.cast(self.after(step), "float32")
 
     def __call__(self, step: Any) -> Any:
-        step = ops.convert_to_tensor(step)
+        step = valid_step(step)
         warmup_steps = ops.cast(self.warmup_steps, step.dtype)
         after_step = ops.maximum(step - warmup_steps, 0) if self.offset else step
         decayed = self._after(after_step)
@@ -143,9 +147,11 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         fraction = progress / max(self.warmup_steps, 1)
         if self.mode == "linear":
             warming = initial + (target - initial) * fraction
-        else:
-            warming = initial * ops.power(target / initial, fraction)
-        return ops.where(step < warmup_steps, warming, decayed)
+        else:  # towards a peak of 0 the geometric ramp is 0 after its first update (its limit), not 0/0
+            positive = initial > 0
+            ratio = target / ops.where(positive, initial, ops.ones_like(initial))
+            warming = ops.where(positive, initial * ops.power(ratio, fraction), ops.zeros_like(initial))
+        return saturated_rate(ops.where(step < warmup_steps, warming, decayed))
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -161,6 +167,11 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "WarmUp":
         config = dict(config)
+        if "after" not in config:
+            raise TypeError(
+                "A WarmUp config must hold `after` (the schedule or constant learning rate after the "
+                f"warm-up); received a config with the keys {sorted(config)}."
+            )
         if isinstance(config["after"], dict):
             config["after"] = keras.optimizers.schedules.deserialize(config["after"])
         return cls(**config)
