@@ -14,7 +14,7 @@ import types
 import warnings
 
 MOVED = {f"keras_trainx.{name}": f"keras_trainx.accumulation.{name}"
-         for name in ("fit", "accumulators", "loss_normalization", "window_metrics", "compat")}
+         for name in ("fit", "accumulators", "loss_normalization", "window_metrics")}
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -169,6 +169,19 @@ CASES = [
     (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
                                           steps_per_epoch=2.5),
      TypeError, "`steps_per_epoch` must be an int; received steps_per_epoch=2.5 of type float."),
+    (lambda: keras_trainx.fit_accumulated(_model(), None, accum_steps=2), ValueError,
+     "x is None: fit_accumulated needs training data, as model.fit does. Pass arrays (x, y), a "
+     "tf.data.Dataset, a keras.utils.PyDataset or a generator."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2, callbacks="str"),
+     TypeError, "`callbacks` must be a list of keras.callbacks.Callback objects; received callbacks='str' of "
+     "type str."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2, callbacks=[len]),
+     TypeError, "`callbacks[0]` must be a keras.callbacks.Callback; received <built-in function len> of type "
+     "builtin_function_or_method. Subclass keras.callbacks.Callback, or use keras.callbacks.LambdaCallback for "
+     "plain functions."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps={0: 2, 3: 0}),
+     ValueError, "`scheduling[3]` must be an int >= 1; received scheduling[3]=0. Values are micro-batches per "
+     "update."),
     # AugmentedSequence's class names
     (lambda: AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 3, num_classes=3,
                                class_names=["a", "b"]), ValueError,

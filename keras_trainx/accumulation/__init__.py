@@ -4,8 +4,8 @@
 runs the model's own `fit`. `window.py` compiles one accumulation window (micro-steps, then one
 update); `accumulators.py` holds its per-replica sums, `loss_normalization.py` the count each part
 of a micro-batch's loss is divided by, `loss_divisor.py` the hook a custom `compute_loss` reports its
-count with, `window_metrics.py` the loss `fit` reports, `noise_scale.py` the gradient noise scale the
-windows measure, and `compat.py` the private Keras names all this needs, each with why.
+count with, `window_metrics.py` the loss `fit` reports and `noise_scale.py` the gradient noise scale the
+windows measure. The private Keras names they need are in `keras_trainx/compat.py`, each with why.
 """
 
 from keras_trainx.accumulation.fit import fit_accumulated

@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from keras_trainx.accumulation import compat
+from keras_trainx import compat
 from keras_trainx.accumulation.window import WindowStep
 from keras_trainx.accumulation.loss_normalization import loss_reduction
 from keras_trainx.data.epochs import epoch_callbacks

@@ -25,7 +25,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from keras_trainx.accumulation import compat
+from keras_trainx import compat
 
 DIVISOR, SAMPLES, ONE = "divisor", "samples", "one"
 

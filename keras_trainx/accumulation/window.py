@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_trainx.accumulation import compat
+from keras_trainx import compat
 from keras_trainx.accumulation.accumulators import Accumulators, as_dense
 from keras_trainx.accumulation.loss_divisor import recording_loss_divisor
 from keras_trainx.accumulation.loss_normalization import DIVISOR, ONE, SAMPLES, loss_reduction, split_loss

@@ -10,7 +10,7 @@ once, counted as `Model.fit` counts them.
 import keras
 import tensorflow as tf
 
-from keras_trainx.accumulation import compat
+from keras_trainx import compat
 
 
 class WindowLossMetrics:
