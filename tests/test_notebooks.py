@@ -44,5 +44,5 @@ def test_notebook_checks_what_it_shows(path):
 def test_the_notebooks_are_there():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_fit_accumulated", "02_schedules", "03_augmentation", "04_distributed",
-        "05_saving_loading", "06_warmup_large_batch",
+        "05_saving_loading", "06_warmup_large_batch", "07_large_batch_planning",
     ]
