@@ -14,3 +14,4 @@ from keras_trainx import activations, layers, schedules  # noqa: E402
 from keras_trainx.saving import custom_objects, load_model  # noqa: E402
 from keras_trainx.data import AugmentedSequence  # noqa: E402
 from keras_trainx import distribute  # noqa: E402
+from keras_trainx import planning  # noqa: E402
