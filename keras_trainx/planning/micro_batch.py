@@ -12,6 +12,7 @@ effective_batch_size`.
 """
 
 import dataclasses
+import re
 from typing import Any
 
 import keras
@@ -219,7 +220,7 @@ class _Prober:
             fit_accumulated(self.model, x, y, batch_size=size, accum_steps=micro_batches, epochs=1,
                             shuffle=False, verbose=0, callbacks=[self.capture])
         except tf.errors.ResourceExhaustedError as error:
-            probe = MicroBatchProbe(size, False, None, "out of memory: " + _first_line(error.message))
+            probe = MicroBatchProbe(size, False, None, "out of memory: " + _reason(error.message))
         else:
             peak = peak_memory(self.devices) if self.devices else None
             over = self.memory_budget is not None and peak is not None and peak > self.memory_budget
@@ -240,5 +241,9 @@ class _Prober:
         restore_fit_attributes(self.model, self.attributes)
 
 
-def _first_line(message: str) -> str:
-    return message.strip().splitlines()[0] if message.strip() else "ResourceExhaustedError"
+def _reason(message: str) -> str:
+    """The line of a `ResourceExhaustedError` that says what failed ("OOM when allocating ..."),
+    without the terminal colour codes Keras adds to errors raised inside a layer."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    lines = [line.strip() for line in plain.splitlines() if line.strip()]
+    return next((line for line in lines if "OOM" in line), lines[0] if lines else "ResourceExhaustedError")
