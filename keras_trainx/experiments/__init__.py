@@ -1,10 +1,12 @@
-"""Experiments users can run on a CPU with the bundled digits: `warmup_sweep` and its reports.
+"""Experiments users can run on a CPU with the bundled digits: `warmup_sweep` and its reports, and
+`digits_lr_range_test` (the LR range test on the same CNN).
 
 The experiments need scikit-learn (the digits) and, for plots, matplotlib: both are imported only
 when used, so `import keras_trainx.experiments` works without them.
 """
 
 from keras_trainx.experiments.digits import build_cnn, load_digits_standardized
+from keras_trainx.experiments.lr_range import DIGITS_SWEEP, digits_lr_range_test
 from keras_trainx.experiments.report import (
     COLLAPSE_BELOW,
     format_table,
@@ -21,6 +23,6 @@ from keras_trainx.experiments.warmup import (
 )
 
 __all__ = [
-    "COLLAPSE_BELOW", "FULL", "QUICK", "build_cnn", "check_warmup_sweep", "format_table", "load_digits_standardized",
+    "COLLAPSE_BELOW", "DIGITS_SWEEP", "FULL", "QUICK", "build_cnn", "check_warmup_sweep", "digits_lr_range_test", "format_table", "load_digits_standardized",
     "plot_sweep", "summarize", "warmup_schedule", "warmup_sweep", "write_csv",
 ]

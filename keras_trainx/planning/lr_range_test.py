@@ -16,6 +16,7 @@ error.
 """
 
 import dataclasses
+import warnings
 from typing import Any
 
 import keras
@@ -194,6 +195,7 @@ def lr_range_test(
     if not suggestions:
         stop_reason += (f"; too few updates before divergence to suggest a rate: lower "
                         f"min_learning_rate={min_learning_rate:g}")
+        warnings.warn(f"lr_range_test {stop_reason}.", stacklevel=2)
     return LRRangeTestResult(rates, losses, smoothed, suggestions, stop_reason, effective_batch_size,
                              accum_steps)
 
