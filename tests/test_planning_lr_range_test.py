@@ -247,3 +247,18 @@ def test_weights_optimizer_metrics_and_compiled_state_are_restored_bit_for_bit(o
     assert float(model.optimizer.learning_rate) == rate
     assert model.train_function is train_function and model.history is history
     assert model.steps_per_execution == 1 and model.stop_training is False
+
+
+def test_under_mirrored_strategy_the_sweep_equals_the_single_device_one():
+    x, y, _, largest = least_squares(0)
+    sweep = dict(batch_size=32, accum_steps=8, min_learning_rate=1e-3, max_learning_rate=10.0, num_updates=20)
+    single = keras_trainx.planning.lr_range_test(linear_model(0), x, y, **sweep)
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        model = linear_model(0)
+    variables = [*model.variables, *model.optimizer.variables]
+    before = [np.array(v.numpy()) for v in variables]
+    mirrored = keras_trainx.planning.lr_range_test(model, x, y, **sweep)
+    stable = int(np.argmax(single.learning_rates >= 2 / largest)) + 1
+    np.testing.assert_allclose(mirrored.losses[:stable], single.losses[:stable], rtol=1e-5)
+    for variable, value in zip(variables, before):
+        assert np.array_equal(variable.numpy(), value), variable.path

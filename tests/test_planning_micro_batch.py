@@ -197,3 +197,21 @@ def test_an_unbuilt_model_is_built_and_keeps_its_initial_weights():
     twin(x[:1])
     assert np.array_equal(model.dense.kernel.numpy(), twin.dense.kernel.numpy())
     assert int(model.optimizer.iterations) == 0
+
+
+def test_under_a_strategy_every_size_is_a_multiple_of_the_replicas(monkeypatch):
+    """Two replicas, out of memory above 5 samples per replica: 2, 4, 8 fit; 16 and 12 (8 and 6 each) do not."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = trained_model(OutOfMemoryAbove(5), run_eagerly=True)
+    checker = StateChecker(model, monkeypatch)
+    x, y = data()
+    result = keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=24)
+    checker.assert_restored()
+    assert [p.micro_batch_size for p in result.probes] == [2, 4, 8, 16, 12]
+    assert [p.fits for p in result.probes] == [True, True, True, False, False]
+    assert (result.micro_batch_size, result.accum_steps, result.devices) == (8, 3, ("CPU:0", "CPU:1"))
+    with pytest.raises(ValueError, match=r"^`effective_batch_size` must be a multiple of the 2 replicas of the "
+                                         r"model's strategy \(each micro-batch is split evenly across them\); "
+                                         r"received effective_batch_size=25\.$"):
+        keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=25)

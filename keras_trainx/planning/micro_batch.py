@@ -89,19 +89,24 @@ def find_micro_batch_size(
     Probes micro-batches 1, 2, 4, ... (then `effective_batch_size` itself) until one fails, then
     bisects among the divisors of `effective_batch_size` between the last size that fitted and
     the first that failed; the chosen size is probed (if it was not) to measure its peak memory.
+    Under a `tf.distribute` strategy with R replicas every size is a multiple of R (R, 2R, 4R,
+    ...), so that each micro-batch splits evenly, and the memory is the largest replica's.
     Every probe is one real update through `fit_accumulated`, after which the model's weights,
     non-trainable and seed variables, optimizer variables, metric totals and the attributes
     `Model.fit` sets are restored bit for bit. A model that was not built yet is built as `fit`
     builds it, and keeps its initial weights.
 
-    On a CPU, running out of memory usually ends the process (the operating system's OOM killer)
-    before TensorFlow can raise: give a `memory_budget` there.
+    A probe that runs out of memory costs about 10 s: TensorFlow's allocator waits that long for
+    memory to be freed before it raises (measured on a CPU). On a CPU, running out of memory
+    usually ends the process (the operating system's OOM killer) before TensorFlow can raise: give
+    a `memory_budget` there.
 
     Args:
         model: a compiled `keras.Model`, as `fit_accumulated` takes it.
         x, y: a sample of the training data as numpy arrays or tensors (nested structures as
             `Model.fit` takes them); samples are repeated when a probe needs more.
-        effective_batch_size: the samples per optimizer update to plan for, an int >= 1.
+        effective_batch_size: the samples per optimizer update to plan for, an int >= 1 (a
+            multiple of the number of replicas under a strategy).
         memory_budget: the most bytes the training may hold at its peak on each device, as
             TensorFlow's allocator counts them (see `keras_trainx.planning.memory`), or `None`
             to stop only at `tf.errors.ResourceExhaustedError`.
@@ -110,7 +115,8 @@ def find_micro_batch_size(
         A `MicroBatchPlan` (`micro_batch_size`, `accum_steps`, `peak_memory`, `probes`).
 
     Raises:
-        MemoryError: a micro-batch of 1 does not train within memory or the budget.
+        MemoryError: a micro-batch of 1 (one sample per replica) does not train within memory or
+            the budget.
         ValueError: no divisor of `effective_batch_size` but 1 fits while larger micro-batches
             do (a prime effective batch larger than what fits, for example); the message
             suggests effective batch sizes that split well.
@@ -142,9 +148,14 @@ def find_micro_batch_size(
             "keep here (on a CPU TensorFlow keeps them with its oneDNN allocator: unset "
             f"TF_ENABLE_ONEDNN_OPTS=0); received memory_budget={memory_budget}. Pass memory_budget=None.")
 
-    prober = _Prober(model, x, y, samples, target, memory_budget, devices if measured else None)
+    unit = model.distribute_strategy.num_replicas_in_sync
+    if target % unit:
+        raise ValueError(
+            f"`effective_batch_size` must be a multiple of the {unit} replicas of the model's strategy (each "
+            f"micro-batch is split evenly across them); received effective_batch_size={target}.")
+    prober = _Prober(model, x, y, samples, target, unit, memory_budget, devices if measured else None)
     try:
-        chosen = _search(prober, target)
+        chosen = unit * _search(prober, target // unit)
     finally:
         prober.close()
     probes = tuple(prober.probes)
@@ -152,22 +163,25 @@ def find_micro_batch_size(
     return MicroBatchPlan(target, chosen, target // chosen, chosen_probe.peak_memory, memory_budget, devices, probes)
 
 
-def _search(prober: "_Prober", target: int) -> int:
-    """Doubling, then bisection among the divisors of `target`; returns the chosen micro-batch."""
+def _search(prober: "_Prober", count: int) -> int:
+    """Doubling, then bisection among the divisors of `count`; returns the chosen one.
+
+    `count` is the effective batch in units of `prober.unit` (the replicas), and so is the result.
+    """
     size, fitted, failed = 1, 0, None
     while True:
         if not prober.fits(size):
             failed = size
             break
         fitted = size
-        if size == target:
-            return target
-        size = min(2 * size, target)
+        if size == count:
+            return count
+        size = min(2 * size, count)
     if fitted == 0:
         raise MemoryError(
-            f"Even a micro-batch of 1 does not train: {prober.probes[0].failure}. The model does not fit "
-            "on this device (or in memory_budget); make it smaller or give it more memory.")
-    divisors = [d for d in range(1, target + 1) if target % d == 0]
+            f"Even a micro-batch of {prober.unit} does not train: {prober.probes[0].failure}. The model does "
+            "not fit on this device (or in memory_budget); make it smaller or give it more memory.")
+    divisors = [d for d in range(1, count + 1) if count % d == 0]
     between = [d for d in divisors if fitted < d < failed]
     low, high = -1, len(between)
     while high - low > 1:
@@ -180,36 +194,47 @@ def _search(prober: "_Prober", target: int) -> int:
         return between[low]
     below = [d for d in divisors if d <= fitted]
     if below[-1] == 1 and fitted > 1:
-        raise ValueError(_no_divisor_message(target, divisors, fitted))
+        raise ValueError(_no_divisor_message(count, divisors, fitted, prober.unit))
     for size in reversed(below):
         if prober.fitted(size) or prober.fits(size):
             return size
-    raise MemoryError(f"No micro-batch trains any more, not even 1: {prober.probes[-1].failure}.")
+    raise MemoryError(f"No micro-batch trains any more, not even {prober.unit}: {prober.probes[-1].failure}.")
 
 
-def _no_divisor_message(target: int, divisors: list[int], fitted: int) -> str:
-    reason = f"{target} is prime" if len(divisors) == 2 else f"its divisors are {', '.join(map(str, divisors))}"
-    lower, upper = fitted * (target // fitted), fitted * -(-target // fitted)
-    examples = " or ".join(f"{b} = {fitted} x {b // fitted}" for b in dict.fromkeys((lower, upper)))
-    return (f"No divisor of effective_batch_size={target} between 2 and {fitted} (the largest micro-batch "
-            f"that trained) exists: {reason}. Accumulating {target} micro-batches of 1 would leave that "
-            f"memory unused; choose an effective batch size that such a micro-batch divides, e.g. {examples}.")
+def _no_divisor_message(count: int, divisors: list[int], fitted: int, unit: int) -> str:
+    reason = f"{count} is prime" if len(divisors) == 2 else f"its divisors are {', '.join(map(str, divisors))}"
+    lower, upper = fitted * (count // fitted), fitted * -(-count // fitted)
+    if unit == 1:
+        examples = " or ".join(f"{b} = {fitted} x {b // fitted}" for b in dict.fromkeys((lower, upper)))
+        return (f"No divisor of effective_batch_size={count} between 2 and {fitted} (the largest micro-batch "
+                f"that trained) exists: {reason}. Accumulating {count} micro-batches of 1 would leave that "
+                f"memory unused; choose an effective batch size that such a micro-batch divides, e.g. {examples}.")
+    examples = " or ".join(f"{unit * b} = {unit * fitted} x {b // fitted}" for b in dict.fromkeys((lower, upper)))
+    return (f"effective_batch_size={unit * count} is {unit} replicas x {count}, and no divisor of {count} between 2 "
+            f"and {fitted} (the largest micro-batch per replica that trained) exists: {reason}. Accumulating "
+            f"{count} micro-batches of one sample per replica would leave that memory unused; choose an effective "
+            f"batch size that such a micro-batch divides, e.g. {examples}.")
 
 
 class _Prober:
-    """Runs probes, restoring the model after each; keeps their records in `probes`."""
+    """Runs probes, restoring the model after each; keeps their records in `probes`.
 
-    def __init__(self, model: keras.Model, x: Any, y: Any, samples: int, target: int,
+    Sizes are asked for in units of `unit` (the replicas: a micro-batch splits evenly across them).
+    """
+
+    def __init__(self, model: keras.Model, x: Any, y: Any, samples: int, target: int, unit: int,
                  memory_budget: int | None, devices: tuple[str, ...] | None) -> None:
         self.model, self.x, self.y, self.samples, self.target = model, x, y, samples, target
+        self.unit = unit
         self.memory_budget = memory_budget
         self.devices = devices
         self.capture = CaptureOnTrainBegin(model.optimizer)
         self.attributes = fit_attributes(model)
         self.probes: list[MicroBatchProbe] = []
 
-    def fits(self, size: int) -> bool:
-        """Trains one update at micro-batch `size`, restores the model, records the probe."""
+    def fits(self, units: int) -> bool:
+        """Trains one update at micro-batch `units * unit`, restores the model, records the probe."""
+        size = units * self.unit
         micro_batches = 1 if size == self.target else 2
         indices = np.arange(size * micro_batches) % self.samples
         x = tf.nest.map_structure(lambda a: np.asarray(a)[indices], self.x)
@@ -231,9 +256,9 @@ class _Prober:
         self.probes.append(probe)
         return probe.fits
 
-    def fitted(self, size: int) -> bool:
-        """Whether a probe at `size` already ran and fitted."""
-        return any(p.micro_batch_size == size and p.fits for p in self.probes)
+    def fitted(self, units: int) -> bool:
+        """Whether a probe at micro-batch `units * unit` already ran and fitted."""
+        return any(p.micro_batch_size == units * self.unit and p.fits for p in self.probes)
 
     def close(self) -> None:
         """Restores the model (again) after the last probe, also when the search failed."""
