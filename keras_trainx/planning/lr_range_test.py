@@ -82,10 +82,11 @@ class LRRangeTestResult:
         ax.plot(self.learning_rates, self.smoothed_losses, color="C0", label="smoothed loss")
         for index, (rule, rate) in enumerate(self.suggestions.items()):
             ax.axvline(rate, color=f"C{index + 1}", linestyle="--", label=f"{rule}: {rate:.3g}")
-        finite = self.smoothed_losses[np.isfinite(self.smoothed_losses)]
-        if finite.size:
-            low, high = finite.min(), finite[0]
-            ax.set_ylim(low - 0.1 * (high - low), high + 0.5 * (high - low) + 1e-12)
+        finite = np.concatenate([self.losses, self.smoothed_losses])
+        finite = finite[np.isfinite(finite)]
+        if finite.size:  # from the lowest loss to a little above the first: the divergence leaves the plot
+            low, high = finite.min(), max(self.losses[0], self.smoothed_losses[0])
+            ax.set_ylim(low - 0.05 * (high - low), high + 0.25 * (high - low) + 1e-12)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss per update")
