@@ -23,8 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_trainx import fit_accumulated
 from keras_trainx.extras import require
-from keras_trainx.fit import fit_accumulated
 from keras_trainx.planning.arguments import array_sample_count, check_compiled_model, is_array_data
 from keras_trainx.planning.lr_rules import RULES, debiased_ema, suggest
 from keras_trainx.planning.state import CaptureOnTrainBegin, fit_attributes, restore_fit_attributes

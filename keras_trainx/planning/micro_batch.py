@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_trainx.fit import fit_accumulated
+from keras_trainx import fit_accumulated
 from keras_trainx.planning.arguments import array_sample_count, check_compiled_model
 from keras_trainx.planning.memory import memory_devices, peak_memory, peak_memory_available, reset_peak_memory
 from keras_trainx.planning.state import CaptureOnTrainBegin, fit_attributes, restore_fit_attributes
