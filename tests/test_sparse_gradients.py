@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 import keras_trainx
-from accumulation_helpers import max_weight_difference
+from accumulation_helpers import dense_gradient_adamw, max_weight_difference
 from sparse_embedding_model import (EPOCHS, OPTIMIZERS, build, optimizer, repeated_tokens,
                                     unique_tokens)
 
@@ -59,6 +59,15 @@ def test_the_reference_without_densifying_is_model_fit_bit_for_bit():
     x, y = repeated_tokens()
     assert max_weight_difference(_big_batch_steps("adam", x, y, 9, densify=False),
                                  _model_fit("adam", x, y, 9)) == 0.0
+
+
+def test_model_fit_with_the_densifying_adamw_of_the_keras_hub_tests_is_the_reference():
+    """tests/test_keras_hub_families.py uses `dense_gradient_adamw` in a task's own `fit` as its
+    densified reference; it computes what the reference here computes."""
+    x, y = repeated_tokens()
+    model = build(dense_gradient_adamw(**OPTIMIZERS["adamw"][1]))
+    model.fit(x, y, batch_size=9, epochs=EPOCHS, shuffle=False, verbose=0)
+    assert max_weight_difference(model, _big_batch_steps("adamw", x, y, 9)) == 0.0
 
 
 # 27 samples. (9, 1): 3 updates of 9 a epoch. (5, 2): windows 5+5, 5+5, 5+2. (4, 3): windows
