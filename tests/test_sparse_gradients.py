@@ -81,12 +81,13 @@ def test_fit_accumulated_equals_the_big_batch_with_the_gradient_densified(name, 
     keras_trainx.fit_accumulated(accumulated, x, y, batch_size=micro, accum_steps=accum_steps,
                                  epochs=EPOCHS, shuffle=False, verbose=0)
     assert int(accumulated.optimizer.iterations) == int(reference.optimizer.iterations)
-    # Measured: Adam, AdamW, Adagrad <= 3.3e-7; RMSprop 1.3e-7, 1.3e-7 and 3.7e-6 at (4, 3). Its
-    # second moment starts at 0.1 g^2 and epsilon 1e-7 sits inside the square root: where |g| is
-    # near 1e-4 an update moves by about lr / sqrt(epsilon) = 160 times a rounding difference of
-    # the summed gradient (1e-8); with epsilon=1e-4 the same run agrees to 1.2e-7.
-    bound = 1e-5 if name == "rmsprop" else 1e-6
-    assert max_weight_difference(reference, accumulated) <= bound
+    # Measured, at (9, 1), (5, 2), (4, 3): Adam 8.2e-8, 7.0e-7, 5.2e-7; AdamW 3.0e-8, 6.7e-7,
+    # 5.1e-7; RMSprop 2.1e-7, 3.6e-7, 7.2e-7; Adagrad 1.5e-8, 6.0e-8, 1.8e-7. Summing micro-batch
+    # gradients rounds differently from the big batch's one sum; the normalized optimizers magnify
+    # that where an entry's gradient is small: Adam's first update is
+    # lr * g / (|g| + 3.2e-6), so at lr 0.05 an entry with |g| near 3e-6 moves by up to
+    # lr / (4 * 3.2e-6) = 4,000 times the rounding difference.
+    assert max_weight_difference(reference, accumulated) <= 2e-6
 
 
 def test_keras_tensorflow_adam_takes_the_sum_of_squared_occurrences_as_second_moment():
