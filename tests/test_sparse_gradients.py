@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -70,7 +69,7 @@ def test_model_fit_with_the_densifying_adamw_of_the_keras_hub_tests_is_the_refer
     assert max_weight_difference(model, _big_batch_steps("adamw", x, y, 9)) == 0.0
 
 
-# 27 samples. (9, 1): 3 updates of 9 a epoch. (5, 2): windows 5+5, 5+5, 5+2. (4, 3): windows
+# 27 samples. (9, 1): 3 updates of 9 per epoch. (5, 2): windows 5+5, 5+5, 5+2. (4, 3): windows
 # 4+4+4, 4+4+4 and a last one of a single micro-batch of 3.
 @pytest.mark.parametrize("micro, accum_steps", [(9, 1), (5, 2), (4, 3)])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
