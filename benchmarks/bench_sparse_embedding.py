@@ -19,7 +19,7 @@ in a fresh process with model and optimizer state built first (Linux: the peak i
 /proc/self/clear_refs just before training).
 
     python benchmarks/bench_sparse_embedding.py                  # about 5 minutes on 2 cores
-    python benchmarks/bench_sparse_embedding.py --memory         # adds 12 fresh-process runs
+    python benchmarks/bench_sparse_embedding.py --memory         # adds 24 fresh-process runs, ~5 min
     python benchmarks/bench_sparse_embedding.py --vocabularies 50000 --dims 64 --rounds 3
 """
 
