@@ -48,3 +48,21 @@ def max_weight_difference(model_a, model_b):
     return max(
         float(np.max(np.abs(a - b))) for a, b in zip(model_a.get_weights(), model_b.get_weights())
     )
+
+
+def dense_gradient_adamw(**kwargs):
+    """`keras.optimizers.AdamW(**kwargs)` that densifies every gradient before its update.
+
+    Under the TensorFlow backend an Embedding's gradient is a `tf.IndexedSlices` with one slice per
+    token occurrence, and Keras' AdamW squares the slices before duplicates are summed; densified,
+    the update is standard AdamW (what Keras' JAX backend and fit_accumulated compute). A big-batch
+    `Model.fit` with this optimizer is the reference for models whose sparse gradients repeat rows.
+    """
+    import tensorflow as tf
+
+    class DenseGradientAdamW(keras.optimizers.AdamW):
+        def apply(self, grads, trainable_variables=None):
+            grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
+            return super().apply(grads, trainable_variables)
+
+    return DenseGradientAdamW(**kwargs)
