@@ -48,19 +48,30 @@ class Accumulators:
                 accumulator.assign(tf.zeros_like(accumulator))
         self.statistics.assign(tf.zeros_like(self.statistics))
 
-    def add(self, group: str, gradients: list[tf.Tensor | None], weight: tf.Tensor) -> None:
+    def add(self, group: str, gradients: list[tf.Tensor | tf.IndexedSlices | None], weight: tf.Tensor) -> None:
         """Adds `weight * gradient` to `group`'s sum of each variable (None: no gradient).
 
-        `gradients` are float tensors in the accumulators' dtype (the variables', float32 under
-        mixed precision), already unscaled, so mixed-precision backward passes see the same
-        magnitudes as in `Model.fit`.
+        `gradients` are in the accumulators' dtype (the variables', float32 under mixed precision),
+        already unscaled, so mixed-precision backward passes see the same magnitudes as in
+        `Model.fit`. A sparse gradient (`tf.IndexedSlices`, an `Embedding`'s) is added with a scatter:
+        its rows, repeated indices summed as densifying sums them (so the optimizer sees the standard,
+        dense gradient), at the cost of the micro-batch's tokens rather than of the whole table; under
+        a multi-replica strategy, whose per-replica sums have no scatter, it is densified.
         """
         with_gradient = self._with_gradient[group]
         for index, (accumulator, gradient) in enumerate(zip(self.gradients[group], gradients)):
             if gradient is None:
                 continue
             with_gradient[index] = True
-            accumulator.assign_add(gradient * tf.cast(weight, gradient.dtype))
+            if isinstance(gradient, tf.IndexedSlices) and isinstance(accumulator, tf.distribute.DistributedValues):
+                gradient = tf.convert_to_tensor(gradient)  # per-replica (ON_READ) sums have no scatter
+            if isinstance(gradient, tf.IndexedSlices):
+                # Each row's occurrences summed first, as densifying sums them: the same arithmetic.
+                rows, positions = tf.unique(gradient.indices)
+                summed = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(rows)[0])
+                accumulator.scatter_add(tf.IndexedSlices(summed * tf.cast(weight, summed.dtype), rows))
+            else:
+                accumulator.assign_add(gradient * tf.cast(weight, gradient.dtype))
 
     def window_gradients(self, divisors: dict[str, tf.Tensor]) -> list[tf.Tensor | None]:
         """Each variable's `sum over groups of (group's sum / its divisor)`, or None: no gradient.
@@ -79,16 +90,15 @@ class Accumulators:
         return totals
 
 
-def as_dense(gradient: tf.Tensor | tf.IndexedSlices | None, dtype: tf.DType,
-             unscale: tf.Tensor | None) -> tf.Tensor | None:
-    """`gradient` as a dense tensor of `dtype`, divided by the loss scale `unscale` if given.
-
-    A sparse (`tf.IndexedSlices`) gradient is summed over its repeated indices here, so optimizers
-    see the standard (dense) gradient.
-    """
+def unscaled(gradient: tf.Tensor | tf.IndexedSlices | None, dtype: tf.DType,
+             unscale: tf.Tensor | None) -> tf.Tensor | tf.IndexedSlices | None:
+    """`gradient` in `dtype`, divided by the loss scale `unscale` if given; sparse stays sparse."""
     if gradient is None:
         return None
-    gradient = tf.cast(tf.convert_to_tensor(gradient), dtype)
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(unscaled(gradient.values, dtype, unscale), gradient.indices,
+                                gradient.dense_shape)
+    gradient = tf.cast(gradient, dtype)
     if unscale is not None:
         gradient = gradient / tf.cast(unscale, dtype)
     return gradient

@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from keras_trainx import compat
-from keras_trainx.accumulation.accumulators import Accumulators, as_dense
+from keras_trainx.accumulation.accumulators import Accumulators, unscaled
 from keras_trainx.accumulation.loss_divisor import recording_loss_divisor
 from keras_trainx.accumulation.loss_normalization import DIVISOR, ONE, SAMPLES, loss_reduction, split_loss
 from keras_trainx.accumulation.window_metrics import WindowLossMetrics
@@ -216,12 +216,13 @@ class WindowStep:
         unscale = _loss_scale(optimizer)
         micro_gradient: list[tf.Tensor | None] = [None] * len(self._variables)
         for group, (_, weight) in parts.groups.items():
-            gradients = [as_dense(g, v.dtype, unscale) for g, v in
+            gradients = [unscaled(g, v.dtype, unscale) for g, v in
                          zip(tape.gradient(scaled[group], self._variables), self._variables)]
             self._sums.add(group, gradients, weight)
             if self.measure_noise:
+                dense = [None if g is None else tf.convert_to_tensor(g) for g in gradients]
                 micro_gradient = [g if m is None else (m if g is None else m + g)
-                                  for m, g in zip(micro_gradient, gradients)]
+                                  for m, g in zip(micro_gradient, dense)]
         del tape
         output_count, output_losses = self._loss_metrics.take_back(output_metric_states)
         samples = tf.cast(batch_size, tf.float32)
