@@ -150,13 +150,16 @@ def test_memory_budget_measured_by_the_allocator(monkeypatch):
     model = trained_model(FourMiBPerSample(), run_eagerly=False)
     checker = StateChecker(model, monkeypatch)
     x, y = data()
+    # The budget counts everything the device holds; what this process held before (other tests'
+    # tensors, in a full test run) is added to it, so the probes see 40 MiB for themselves.
+    budget = tf.config.experimental.get_memory_info("CPU:0")["current"] + 40 * MiB
     result = keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=48,
-                                                         memory_budget=40 * MiB)
+                                                         memory_budget=budget)
     checker.assert_restored()
     assert [p.micro_batch_size for p in result.probes] == [1, 2, 4, 8, 16, 12]
     assert [p.fits for p in result.probes] == [True] * 4 + [False] * 2
-    assert (result.micro_batch_size, result.accum_steps, result.memory_budget) == (8, 6, 40 * MiB)
-    assert 8 * 4 * MiB <= result.peak_memory <= 40 * MiB
+    assert (result.micro_batch_size, result.accum_steps, result.memory_budget) == (8, 6, budget)
+    assert 8 * 4 * MiB <= result.peak_memory <= budget
     for probe in result.probes:
         assert probe.peak_memory >= probe.micro_batch_size * 4 * MiB
         if not probe.fits:
