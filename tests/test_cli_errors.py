@@ -45,7 +45,8 @@ def test_bad_demo_numbers_are_usage_errors_before_any_work(argv, capsys):
     assert "--" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("subcommand", ["demo", "inspect", "plot-schedule", "experiment", "experiment warmup"])
+@pytest.mark.parametrize("subcommand", ["demo", "inspect", "plot-schedule", "experiment", "experiment warmup",
+                                        "experiment batch-growth"])
 def test_every_subcommand_has_help(subcommand):
     result = subprocess.run([sys.executable, "-m", "keras_trainx", *subcommand.split(), "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -82,11 +83,19 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys):
                     str(p / "notes.txt")],
          "keras-trainx experiment: error: `--output-dir` must be a folder; received --output-dir='{p}/notes.txt', "
          "an existing file."),
+        (lambda p: ["experiment", "batch-growth", "--quick", "--no-plot", "--no-progress", "--output-dir",
+                    str(p / "notes.txt")],
+         "keras-trainx experiment: error: `--output-dir` must be a folder; received --output-dir='{p}/notes.txt', "
+         "an existing file."),
+        (lambda p: ["experiment", "batch-growth", "--epochs", "1"],
+         "keras-trainx experiment: error: `epochs` must be an int >= 2; received epochs=1."),
+        (lambda p: ["experiment", "batch-growth", "--seeds", "0,-1"],
+         "keras-trainx experiment: error: --seeds must be ints >= 0; received 0,-1"),
     ],
     ids=["png-is-a-folder", "png-under-a-file", "demo-under-a-file", "experiment-under-a-file",
-         "experiment-onto-a-file"],
+         "experiment-onto-a-file", "growth-onto-a-file", "growth-one-epoch", "growth-negative-seed"],
 )
-def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys, make_argv, line):
+def test_unusable_output_paths_and_arguments_are_refused_before_any_work(tmp_path, capsys, make_argv, line):
     (tmp_path / "notes.txt").write_text("not a folder")
     (tmp_path / "folder.png").mkdir()
     assert cli.main(make_argv(tmp_path)) == 2

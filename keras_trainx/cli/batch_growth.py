@@ -8,10 +8,10 @@ against updates) into the output directory.
 """
 
 import argparse
-import os
 import time
 
 from keras_trainx.cli.errors import CommandError
+from keras_trainx.cli.reports import int_list, prepare_output, write_reports
 
 EXAMPLES = """examples:
   keras-trainx experiment batch-growth --quick        # 2 runs, about a minute on 2 cores
@@ -31,7 +31,7 @@ def register(experiments: argparse._SubParsersAction) -> None:
     growth.add_argument("--quick", action="store_true",
                         help=f"seeds {_join(GROWTH_QUICK['seeds'])}, {GROWTH_QUICK['epochs']} epochs "
                              f"(default: seeds {_join(GROWTH_FULL['seeds'])}, {GROWTH_FULL['epochs']} epochs)")
-    growth.add_argument("--seeds", type=_int_list, help="comma-separated seeds (overrides the preset)")
+    growth.add_argument("--seeds", type=int_list, help="comma-separated seeds (overrides the preset)")
     growth.add_argument("--epochs", type=int, help="epochs per run (overrides the preset)")
     growth.add_argument("--learning-rate", type=float, default=0.4, help="the starting rate (default 0.4)")
     growth.add_argument("--factor", type=int, default=4,
@@ -46,7 +46,6 @@ def register(experiments: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Checks every argument, runs both arms per seed, prints the table, writes the CSV and plot."""
     from keras_trainx.experiments import GROWTH_FULL, GROWTH_QUICK, growth_plan
-    from keras_trainx.extras import require
 
     preset = GROWTH_QUICK if args.quick else GROWTH_FULL
     seeds = args.seeds or list(preset["seeds"])
@@ -57,12 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--seeds must be ints >= 0; received {_join(seeds)}")
     except (TypeError, ValueError) as error:
         raise CommandError(str(error), status=2) from None
-    require("sklearn", "keras-trainx experiment batch-growth")
-    if not args.no_plot:
-        require("matplotlib", "keras-trainx experiment batch-growth's plot (or pass --no-plot)")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise CommandError(f"--output-dir {args.output_dir!r} is a file; name a folder", status=2)
-    os.makedirs(args.output_dir, exist_ok=True)
+    prepare_output("experiment batch-growth", args.output_dir, plot=not args.no_plot)
 
     from keras_trainx.experiments import batch_growth_experiment, format_growth_table, plot_growth, write_growth_csv
 
@@ -72,24 +66,11 @@ def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     rows = batch_growth_experiment(seeds, epochs=epochs, learning_rate=args.learning_rate, factor=args.factor,
                                    progress=not args.no_progress)
-    print(format_growth_table(rows))
-    csv_path = os.path.join(args.output_dir, "batch_growth.csv")
-    write_growth_csv(rows, csv_path)
-    print(f"wrote {csv_path}")
-    if not args.no_plot:
-        png_path = os.path.join(args.output_dir, "batch_growth.png")
-        plot_growth(rows).savefig(png_path, dpi=120)
-        print(f"wrote {png_path}")
-    print(f"{len(rows)} runs in {time.monotonic() - began:.0f} s")
+    write_reports(rows, format_growth_table(rows), write_growth_csv, None if args.no_plot else plot_growth,
+                  args.output_dir, "batch_growth", began)
     return 0
 
 
 def _join(values: object) -> str:
     return ",".join(map(str, values))  # type: ignore[call-overload]
 
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None

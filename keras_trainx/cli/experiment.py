@@ -6,11 +6,11 @@ the article's form (test accuracy with / without warm-up), and writes `warmup_sw
 """
 
 import argparse
-import os
 import time
 
 from keras_trainx.cli import batch_growth
 from keras_trainx.cli.errors import CommandError
+from keras_trainx.cli.reports import int_list, prepare_output, write_reports
 
 EXAMPLES = """examples:
   keras-trainx experiment warmup --quick              # 6 runs, a few minutes on 2 cores
@@ -34,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     warmup.add_argument("--quick", action="store_true",
                         help=f"the quick sweep: {_describe(QUICK)} (default: {_describe(FULL)})")
-    warmup.add_argument("--batch-sizes", type=_int_list,
+    warmup.add_argument("--batch-sizes", type=int_list,
                         help="comma-separated effective batch sizes, multiples of 64 (overrides the preset)")
-    warmup.add_argument("--seeds", type=_int_list, help="comma-separated seeds (overrides the preset)")
+    warmup.add_argument("--seeds", type=int_list, help="comma-separated seeds (overrides the preset)")
     warmup.add_argument("--epochs", type=int, help="epochs per run (overrides the preset)")
     warmup.add_argument("--warmup-epochs", type=int, default=5, help="warm-up length in epochs (default 5)")
     warmup.add_argument("--staircase", action="store_true",
@@ -54,8 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Checks every argument, runs the sweep, prints the table, writes the CSV and the plot."""
     from keras_trainx.experiments import QUICK, FULL, check_warmup_sweep, format_table, plot_sweep, write_csv
-    from keras_trainx.extras import require
-    from keras_trainx.validation import check_output_folder
 
     preset = QUICK if args.quick else FULL
     try:
@@ -67,14 +65,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as error:
         raise CommandError(str(error), status=2) from None
-    require("sklearn", "keras-trainx experiment warmup")
-    if not args.no_plot:
-        require("matplotlib", "keras-trainx experiment warmup's plot (or pass --no-plot)")
-    try:
-        check_output_folder("--output-dir", args.output_dir)
-    except ValueError as error:
-        raise CommandError(str(error), status=2) from None
-    os.makedirs(args.output_dir, exist_ok=True)
+    prepare_output("experiment warmup", args.output_dir, plot=not args.no_plot)
 
     from keras_trainx.experiments import warmup_sweep
 
@@ -86,28 +77,14 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     began = time.monotonic()
     rows = warmup_sweep(**options)
-    print(format_table(rows))
-    csv_path = os.path.join(args.output_dir, "warmup_sweep.csv")
-    write_csv(rows, csv_path)
-    print(f"wrote {csv_path}")
-    if not args.no_plot:
-        png_path = os.path.join(args.output_dir, "warmup_sweep.png")
-        plot_sweep(rows).savefig(png_path, dpi=120)
-        print(f"wrote {png_path}")
-    print(f"{runs} runs in {time.monotonic() - began:.0f} s")
+    write_reports(rows, format_table(rows), write_csv, None if args.no_plot else plot_sweep, args.output_dir,
+                  "warmup_sweep", began)
     return 0
 
 
 def _describe(preset: dict) -> str:
     return (f"batch sizes {','.join(map(str, preset['batch_sizes']))}, seeds "
             f"{','.join(map(str, preset['seeds']))}, {preset['epochs']} epochs")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _percent(fractions: list[float]) -> str:
