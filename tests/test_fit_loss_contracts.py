@@ -248,9 +248,10 @@ def test_a_generator_that_runs_dry_ends_its_epoch_where_its_data_ends():
         keras_trainx.fit_accumulated(two, _generator(x, y, 4), accum_steps=2, **arguments)
     assert max_weight_difference(fit, one) == 0.0
     assert int(one.optimizer.iterations) == int(eager_fit.optimizer.iterations) == 7
-    # Keras' compiled step counts one update more at each point the data ran dry (9), without
-    # changing the weights (with momentum, a real extra update would): pinned, so a change shows.
-    assert int(fit.optimizer.iterations) == 9
+    # Keras 3.15's compiled step counts one update more at each point the data ran dry (9), without
+    # changing the weights (with momentum, a real extra update would); the 3.16 development builds
+    # count 7. Pinned per version, so a change shows.
+    assert int(fit.optimizer.iterations) == (9 if keras.version().startswith("3.15.") else 7)
     assert max_weight_difference(fit, eager_fit) == 0.0
     windows = _regression()
     for start, stop in ((0, 8), (8, 16), (16, 20), (0, 8)):
