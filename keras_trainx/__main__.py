@@ -1,5 +1,3 @@
-import sys
+from keras_trainx.cli import entry_point
 
-from keras_trainx.cli import main
-
-sys.exit(main())
+entry_point()

@@ -4,8 +4,14 @@ memory budget, and the model's state restored bit for bit before every probe and
 Out of memory is injected by a layer that raises `tf.errors.ResourceExhaustedError` when its batch
 exceeds a limit (eagerly, as TensorFlow raises it from an op). A real allocator failure raises the
 same class, but only after TensorFlow's allocator has waited 10 s for memory to be freed, too slow
-for the suite. The budget case measures real allocations: a layer that allocates 4 MiB per sample.
+for the suite. The budget case measures real allocations, in a fresh process: a layer that allocates
+4 MiB per sample.
 """
+
+import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -143,15 +149,31 @@ def test_a_model_that_does_not_train_even_at_one_sample(monkeypatch):
     checker.assert_restored()
 
 
-def test_memory_budget_measured_by_the_allocator(monkeypatch):
-    """4 MiB per sample: 8 samples hold 32 MiB, 12 hold 48 MiB; a 40 MiB budget stops at 8 (of 48 = 8 x 6)."""
+def test_memory_budget_measured_by_the_allocator():
+    """4 MiB per sample: 8 samples hold 32 MiB, 12 hold 48 MiB; a 40 MiB budget stops at 8 (of 48 = 8 x 6).
+
+    The budget counts everything the device holds, so the case runs in a fresh process: inside the
+    full suite, other tests' tensors come and go during the probes by more than the 8 MiB margin.
+    """
+    script = ("import sys, pytest; sys.path.insert(0, sys.argv[1]); import test_planning_micro_batch as t\n"
+              "with pytest.MonkeyPatch.context() as monkeypatch: t.memory_budget_case(monkeypatch)")
+    result = subprocess.run([sys.executable, "-c", script, str(pathlib.Path(__file__).parent)],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if "SKIP:" in result.stdout:
+        pytest.skip(result.stdout.split("SKIP:", 1)[1].strip())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "budget case passed"
+
+
+def memory_budget_case(monkeypatch):
+    """The budget case's assertions, run by the test above in a process of its own."""
     if not peak_memory_available(("CPU:0",)):
-        pytest.skip("TensorFlow's CPU allocator keeps no statistics here (TF_ENABLE_ONEDNN_OPTS=0)")
+        print("SKIP: TensorFlow's CPU allocator keeps no statistics here (TF_ENABLE_ONEDNN_OPTS=0)")
+        return
     model = trained_model(FourMiBPerSample(), run_eagerly=False)
     checker = StateChecker(model, monkeypatch)
     x, y = data()
-    # The budget counts everything the device holds; what this process held before (other tests'
-    # tensors, in a full test run) is added to it, so the probes see 40 MiB for themselves.
     budget = tf.config.experimental.get_memory_info("CPU:0")["current"] + 40 * MiB
     result = keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=48,
                                                          memory_budget=budget)
@@ -165,6 +187,7 @@ def test_memory_budget_measured_by_the_allocator(monkeypatch):
         if not probe.fits:
             assert probe.failure == f"over the memory budget ({probe.peak_memory} bytes)"
     assert "micro-batch 8 x accum_steps 6 = 48; peak memory" in str(result)
+    print("budget case passed")
 
 
 def test_a_budget_without_allocator_statistics_is_refused(monkeypatch):

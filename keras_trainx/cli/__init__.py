@@ -9,6 +9,7 @@ never imports this package.
 """
 
 import argparse
+import os
 import sys
 
 from keras_trainx.cli import demo, experiment, inspect, plot_schedule
@@ -44,5 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def entry_point() -> None:
+    """The console script: runs `main` and exits with its status.
+
+    After Ctrl-C the process ends at once (`os._exit`, streams flushed) instead of through the
+    interpreter's shutdown: a `tf.data` generator iterator (Keras feeding a `PyDataset`) whose thread is
+    still inside Python when the interpreter finalizes aborts the process ("FATAL: exception not
+    rethrown", status -6) or deadlocks it (tensorflow/tensorflow#35100).
+    """
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
