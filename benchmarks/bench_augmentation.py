@@ -1,25 +1,34 @@
-"""Images/s as a user feeds them: `Model.fit` and `fit_accumulated`, the same albumentations pipeline.
+"""Augmented images fed to `Model.fit` and `fit_accumulated`, against the machine's limit and the peers.
 
-Every pipeline trains the same tiny model (Rescaling, 2x2 average pooling, global pooling, Dense: the
-input pipeline dominates) for one epoch per timing, with `Model.fit` and with
-`keras_trainx.fit_accumulated(accum_steps=2)`. Peers, as users write them:
+Every pipeline feeds the same albumentations pipeline (flip, brightness/contrast, affine, HSV; batch 64,
+uint8) to the same tiny model (Rescaling, 2x2 average pooling, global pooling, Dense: the input pipeline
+dominates), for one epoch per timing, through `Model.fit` and `keras_trainx.fit_accumulated(accum_steps=2)`
+written as a user writes them. Peers, at their own defaults (what a user of them gets):
 
 - the article's Sequence: a `keras.utils.PyDataset` whose `__getitem__` loops `compose(image=...)` over
-  the batch and stacks (the well-known recipe), as written (1 worker) and with `workers=2` threads;
+  the batch and stacks, as written (1 worker) and with `workers=2` threads;
 - tf.data: `Dataset.range(steps).map(numpy_function(augment one batch), AUTOTUNE).prefetch(AUTOTUNE)`.
 
-Ours, the calls the README recommends: `AugmentedSequence(..., workers=2)` passed to `fit` (threads),
-and its `to_tf_dataset()` built with `workers=2, use_multiprocessing=True` (worker processes), both
-with the epoch callback (`fit_accumulated` adds it itself).
+Ours, as the README writes them: `AugmentedSequence(..., workers=2, use_multiprocessing=True)
+.to_tf_dataset()` (worker processes, the recommended path) and `AugmentedSequence(..., workers=2)` given
+to `fit` (Keras' thread workers).
 
-Timings are interleaved: every round times every pipeline once per trainer, in a rotated order; the
-median round counts, the best round is printed too (a shared machine slows whole rounds). Worker
-start-up (threads, processes, tracing) happens in an untimed warm-up epoch, and is printed separately
-for the process path. Run: `python benchmarks/bench_augmentation.py` (about 4 minutes on 2 cores);
-`--sizes 64 --rounds 3` for a quicker look.
+For each pipeline the run reports images/s and CPU-seconds per image: the training process and all its
+descendants (worker processes included, read from /proc while they run). Measured alone in the same
+rounds: the augmentation (the per-sample `Compose` loop in the calling thread with one OpenCV thread, the
+cheapest way measured to do that work) and the training (the same model fed from cached, already
+augmented batches). They give the machine's limit, `cores / (augmentation + training CPU-s per image)`:
+the images/s at which both would keep every core busy with nothing else, and each pipeline's fraction
+of it.
+
+Timings are interleaved: every round runs every measurement once, in a rotated order, and medians over
+rounds count (a shared machine slows whole rounds; CPU-seconds are steadier than wall time there). Worker
+start-up (threads, processes, tracing) happens in an untimed warm-up epoch and is printed separately.
+Run: `python benchmarks/bench_augmentation.py` (about 10 minutes on 2 cores), `--quick` (about 2 minutes).
 """
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -28,6 +37,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -37,6 +47,36 @@ from keras_trainx.data import AugmentedSequence, epoch_callbacks  # noqa: E402
 
 BATCH = 64
 OURS = "AugmentedSequence"
+RECOMMENDED = f"{OURS} processes .to_tf_dataset()"
+AUGMENTATION_ALONE = "augmentation alone"
+TRAINING_ALONE = "training alone"
+TICKS = os.sysconf("SC_CLK_TCK")
+IMAGES_PER_EPOCH = {64: 4096, 224: 768}
+
+
+def cores():
+    return len(os.sched_getaffinity(0))
+
+
+def cpu_seconds():
+    """CPU seconds of this process, its reaped children, and every live descendant (from /proc)."""
+    times = os.times()
+    total = times.user + times.system + times.children_user + times.children_system
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append((int(entry), fields))
+    stack = [os.getpid()]
+    while stack:
+        for pid, fields in children.get(stack.pop(), []):
+            total += sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+            stack.append(pid)
+    return total
 
 
 def transforms():
@@ -86,11 +126,10 @@ def pipelines(x, y):
                                  **kwargs)
 
     return {
-        f"{OURS}(workers=2) threads": lambda: ours(workers=2),
-        f"{OURS}(workers=2, processes).to_tf_dataset()": lambda: ours(
-            workers=2, use_multiprocessing=True).to_tf_dataset(),
-        "article Sequence (1 worker)": lambda: ArticleSequence(x, y, BATCH),
-        "article Sequence (workers=2 threads)": lambda: ArticleSequence(x, y, BATCH, workers=2),
+        RECOMMENDED: lambda: ours(workers=2, use_multiprocessing=True).to_tf_dataset(),
+        f"{OURS} threads (workers=2)": lambda: ours(workers=2),
+        "article Sequence (as written)": lambda: ArticleSequence(x, y, BATCH),
+        "article Sequence (workers=2)": lambda: ArticleSequence(x, y, BATCH, workers=2),
         "tf.data numpy_function AUTOTUNE": lambda: numpy_function_dataset(x, y),
     }
 
@@ -120,11 +159,25 @@ def fit_accumulated(model, data, epoch):
 TRAINERS = {"Model.fit": fit, "fit_accumulated": fit_accumulated}
 
 
+def augment_alone(x):
+    """The augmentation's own cost: the per-sample Compose loop, one OpenCV thread, nothing else running."""
+    augment = A.Compose(transforms())
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        for start in range(0, len(x) - BATCH + 1, BATCH):
+            np.stack([augment(image=image)["image"] for image in x[start:start + BATCH]])
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def measure(size, num_images, rounds):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8)
     y = rng.integers(0, 10, num_images).astype(np.int64)
-    inputs, models, startup = {}, {}, {}
+    augmented = np.stack([A.Compose(transforms())(image=image)["image"] for image in x])
+    cached = tf.data.Dataset.from_tensor_slices((augmented, y)).batch(BATCH).cache()
+    inputs, models, startup = {TRAINING_ALONE: cached}, {}, {}
     for name, make in pipelines(x, y).items():
         start = time.perf_counter()
         inputs[name] = make()
@@ -132,29 +185,51 @@ def measure(size, num_images, rounds):
             models[trainer, name] = tiny_model(size)
             train(models[trainer, name], inputs[name], 0)
         startup[name] = time.perf_counter() - start
-    runs = [(trainer, name) for trainer in TRAINERS for name in inputs]
-    rates = {run: [] for run in runs}
+    for trainer, train in TRAINERS.items():
+        models[trainer, TRAINING_ALONE] = tiny_model(size)
+        train(models[trainer, TRAINING_ALONE], cached, 0)
+    runs = [(None, AUGMENTATION_ALONE)] + [(trainer, name) for trainer in TRAINERS for name in inputs]
+    results = {run: [] for run in runs}
     for r in range(rounds):
         for trainer, name in runs[r % len(runs):] + runs[: r % len(runs)]:
-            start = time.perf_counter()
-            TRAINERS[trainer](models[trainer, name], inputs[name], r + 1)
-            rates[trainer, name].append(num_images / (time.perf_counter() - start))
-    return rates, startup
+            gc.collect()
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            if trainer is None:
+                augment_alone(x)
+            else:
+                TRAINERS[trainer](models[trainer, name], inputs[name], r + 1)
+            cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
+            results[trainer, name].append((num_images / wall, cpu / num_images))
+    del inputs, models
+    gc.collect()
+    return results, startup
 
 
-def report(size, num_images, rounds, rates, startup):
-    print(f"\n{size}x{size}, batch {BATCH}, {num_images} images per epoch, {rounds} rounds")
+def report(size, num_images, rounds, results, startup):
+    n_cores = cores()
+    rate = {run: statistics.median(r for r, _ in v) for run, v in results.items()}
+    best = {run: max(r for r, _ in v) for run, v in results.items()}
+    cost = {run: statistics.median(c for _, c in v) for run, v in results.items()}
+    augment = cost[None, AUGMENTATION_ALONE]
+    print(f"\n{size}x{size}, batch {BATCH}, {num_images} images per epoch, {rounds} rounds, {n_cores} cores "
+          f"(medians over rounds; CPU: training process and its worker processes)")
+    print(f"  alone: augmentation {augment * 1e6:.0f} CPU-us/image ({rate[None, AUGMENTATION_ALONE]:.0f} img/s, "
+          f"calling thread, 1 OpenCV thread); training "
+          + ", ".join(f"{t} {cost[t, TRAINING_ALONE] * 1e6:.0f} CPU-us/image ({rate[t, TRAINING_ALONE]:.0f} img/s)"
+                      for t in TRAINERS))
     for trainer in TRAINERS:
-        medians = {name: statistics.median(v) for (t, name), v in rates.items() if t == trainer}
-        bests = {name: max(v) for (t, name), v in rates.items() if t == trainer}
-        peer_median = max(v for k, v in medians.items() if not k.startswith(OURS))
-        peer_best = max(v for k, v in bests.items() if not k.startswith(OURS))
-        print(f"  {trainer}")
-        print(f"  {'pipeline':50s} {'median img/s':>12s} {'vs best peer':>12s} {'best img/s':>11s} "
-              f"{'vs best peer':>12s}")
-        for name in sorted(medians, key=lambda k: -medians[k]):
-            print(f"  {name:50s} {medians[name]:12.0f} {medians[name] / peer_median:11.2f}x "
-                  f"{bests[name]:11.0f} {bests[name] / peer_best:11.2f}x")
+        limit = n_cores / (augment + cost[trainer, TRAINING_ALONE])
+        names = [name for (t, name) in results if t == trainer and name != TRAINING_ALONE]
+        peer = max(rate[trainer, name] for name in names if not name.startswith(OURS))
+        peer_best = max(best[trainer, name] for name in names if not name.startswith(OURS))
+        print(f"  {trainer}: limit {limit:.0f} img/s = {n_cores} cores / ({augment * 1e6:.0f} + "
+              f"{cost[trainer, TRAINING_ALONE] * 1e6:.0f}) CPU-us per image")
+        print(f"    {'pipeline':42s} {'img/s':>7s} {'CPU-us/img':>10s} {'of limit':>8s} {'vs best peer':>12s} "
+              f"{'best round':>10s} {'vs best':>7s}")
+        for name in sorted(names, key=lambda k: -rate[trainer, k]):
+            run = trainer, name
+            print(f"    {name:42s} {rate[run]:7.0f} {cost[run] * 1e6:10.0f} {rate[run] / limit:8.0%} "
+                  f"{rate[run] / peer:11.2f}x {best[run]:10.0f} {best[run] / peer_best:6.2f}x")
     print("  first epoch incl. start-up (workers, tracing), both trainers: "
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items()))
 
@@ -162,13 +237,18 @@ def report(size, num_images, rounds, rates, startup):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="3 rounds of half-size epochs (about 2 minutes)")
     args = parser.parse_args()
-    images_per_size = {64: 4096, 224: 768}
+    rounds = 3 if args.quick else args.rounds
     for size in args.sizes:
-        num_images = images_per_size.get(size, max(BATCH * 4, 4096 * 64 * 64 // (size * size) // BATCH * BATCH))
-        rates, startup = measure(size, num_images, args.rounds)
-        report(size, num_images, args.rounds, rates, startup)
+        num_images = IMAGES_PER_EPOCH.get(size, max(4 * BATCH, 4096 * 64 * 64 // (size * size) // BATCH * BATCH))
+        if args.quick:
+            num_images = max(4 * BATCH, num_images // 2 // BATCH * BATCH)
+        start = time.perf_counter()
+        results, startup = measure(size, num_images, rounds)
+        report(size, num_images, rounds, results, startup)
+        print(f"  ({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":
