@@ -181,6 +181,7 @@ class _Slot:
     def __init__(self, slot_id: int, size: int) -> None:
         self.id, self.size = slot_id, size
         self.descriptor = os.memfd_create(f"keras_trainx-batch-{slot_id}", os.MFD_CLOEXEC)
+        weakref.finalize(self, os.close, self.descriptor)
         os.ftruncate(self.descriptor, size)
         self.memory = mmap.mmap(self.descriptor, size)
 
