@@ -28,7 +28,9 @@ Run: `python benchmarks/bench_augmentation.py` (about 10 minutes on 2 cores), `-
 """
 
 import argparse
+import concurrent.futures
 import gc
+import multiprocessing
 import os
 import statistics
 import time
@@ -49,6 +51,7 @@ BATCH = 64
 OURS = "AugmentedSequence"
 RECOMMENDED = f"{OURS} processes .to_tf_dataset()"
 AUGMENTATION_ALONE = "augmentation alone"
+ALL_CORES = "augmentation alone, all cores"
 TRAINING_ALONE = "training alone"
 TICKS = os.sysconf("SC_CLK_TCK")
 IMAGES_PER_EPOCH = {64: 4096, 224: 768}
@@ -61,7 +64,12 @@ def cores():
 def cpu_seconds():
     """CPU seconds of this process, its reaped children, and every live descendant (from /proc)."""
     times = os.times()
-    total = times.user + times.system + times.children_user + times.children_system
+    return times.user + times.system + times.children_user + times.children_system + descendants_cpu_seconds()
+
+
+def descendants_cpu_seconds():
+    """CPU seconds of the live processes below this one (worker processes), and of their reaped children."""
+    total = 0.0
     children = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -159,16 +167,49 @@ def fit_accumulated(model, data, epoch):
 TRAINERS = {"Model.fit": fit, "fit_accumulated": fit_accumulated}
 
 
+def augment(x):
+    """The per-sample Compose loop over `x`, batch by batch."""
+    compose = A.Compose(transforms())
+    for start in range(0, len(x) - BATCH + 1, BATCH):
+        np.stack([compose(image=image)["image"] for image in x[start:start + BATCH]])
+
+
 def augment_alone(x):
     """The augmentation's own cost: the per-sample Compose loop, one OpenCV thread, nothing else running."""
-    augment = A.Compose(transforms())
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        for start in range(0, len(x) - BATCH + 1, BATCH):
-            np.stack([augment(image=image)["image"] for image in x[start:start + BATCH]])
+        augment(x)
     finally:
         cv2.setNumThreads(threads)
+
+
+_PROBE_IMAGES = None
+
+
+def _start_probe(x):
+    global _PROBE_IMAGES
+    cv2.setNumThreads(1)
+    _PROBE_IMAGES = x
+
+
+def _augment_share(share):
+    part, parts = share
+    augment(_PROBE_IMAGES[part * len(_PROBE_IMAGES) // parts:(part + 1) * len(_PROBE_IMAGES) // parts])
+
+
+class AllCoresProbe:
+    """The same augmentation in one process per core at once: do the cores add up (shared caches,
+    memory bandwidth, a host's hyperthreads)? Its CPU-s per image against `augmentation alone`'s says."""
+
+    def __init__(self, x):
+        context = multiprocessing.get_context("forkserver")
+        self.pool = concurrent.futures.ProcessPoolExecutor(cores(), mp_context=context, initializer=_start_probe,
+                                                           initargs=(x,))
+        self.run()  # start the processes
+
+    def run(self):
+        list(self.pool.map(_augment_share, [(part, cores()) for part in range(cores())]))
 
 
 def measure(size, num_images, rounds):
@@ -188,18 +229,22 @@ def measure(size, num_images, rounds):
     for trainer, train in TRAINERS.items():
         models[trainer, TRAINING_ALONE] = tiny_model(size)
         train(models[trainer, TRAINING_ALONE], cached, 0)
-    runs = [(None, AUGMENTATION_ALONE)] + [(trainer, name) for trainer in TRAINERS for name in inputs]
+    probe = AllCoresProbe(x)
+    alone = {AUGMENTATION_ALONE: lambda: augment_alone(x), ALL_CORES: probe.run}
+    runs = [(None, name) for name in alone] + [(trainer, name) for trainer in TRAINERS for name in inputs]
     results = {run: [] for run in runs}
     for r in range(rounds):
         for trainer, name in runs[r % len(runs):] + runs[: r % len(runs)]:
             gc.collect()
-            wall, cpu = time.perf_counter(), cpu_seconds()
+            wall, cpu, children = time.perf_counter(), cpu_seconds(), descendants_cpu_seconds()
             if trainer is None:
-                augment_alone(x)
+                alone[name]()
             else:
                 TRAINERS[trainer](models[trainer, name], inputs[name], r + 1)
-            cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
-            results[trainer, name].append((num_images / wall, cpu / num_images))
+            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+            children = descendants_cpu_seconds() - children
+            results[trainer, name].append((num_images / wall, cpu / num_images, children / num_images))
+    probe.pool.shutdown()
     del inputs, models
     gc.collect()
     return results, startup
@@ -207,15 +252,18 @@ def measure(size, num_images, rounds):
 
 def report(size, num_images, rounds, results, startup):
     n_cores = cores()
-    rate = {run: statistics.median(r for r, _ in v) for run, v in results.items()}
-    best = {run: max(r for r, _ in v) for run, v in results.items()}
-    cost = {run: statistics.median(c for _, c in v) for run, v in results.items()}
+    rate = {run: statistics.median(r[0] for r in v) for run, v in results.items()}
+    best = {run: max(r[0] for r in v) for run, v in results.items()}
+    cost = {run: statistics.median(r[1] for r in v) for run, v in results.items()}
+    workers = {run: statistics.median(r[2] for r in v) for run, v in results.items()}
     augment = cost[None, AUGMENTATION_ALONE]
-    print(f"\n{size}x{size}, batch {BATCH}, {num_images} images per epoch, {rounds} rounds, {n_cores} cores "
-          f"(medians over rounds; CPU: training process and its worker processes)")
-    print(f"  alone: augmentation {augment * 1e6:.0f} CPU-us/image ({rate[None, AUGMENTATION_ALONE]:.0f} img/s, "
-          f"calling thread, 1 OpenCV thread); training "
-          + ", ".join(f"{t} {cost[t, TRAINING_ALONE] * 1e6:.0f} CPU-us/image ({rate[t, TRAINING_ALONE]:.0f} img/s)"
+    print(f"\n{size}x{size}, batch {BATCH}, {num_images} images per epoch, {rounds} rounds, {n_cores} cores; "
+          f"medians over rounds; CPU-us: microseconds of CPU per image, training process and its workers")
+    print(f"  alone: augmentation {augment * 1e6:.0f} CPU-us ({rate[None, AUGMENTATION_ALONE]:.0f} img/s; "
+          f"per-sample Compose, calling thread, 1 OpenCV thread; on all {n_cores} cores at once "
+          f"{cost[None, ALL_CORES] * 1e6:.0f} CPU-us, {rate[None, ALL_CORES]:.0f} img/s)")
+    print("  alone: training from cached batches: "
+          + ", ".join(f"{t} {cost[t, TRAINING_ALONE] * 1e6:.0f} CPU-us ({rate[t, TRAINING_ALONE]:.0f} img/s)"
                       for t in TRAINERS))
     for trainer in TRAINERS:
         limit = n_cores / (augment + cost[trainer, TRAINING_ALONE])
@@ -223,13 +271,13 @@ def report(size, num_images, rounds, results, startup):
         peer = max(rate[trainer, name] for name in names if not name.startswith(OURS))
         peer_best = max(best[trainer, name] for name in names if not name.startswith(OURS))
         print(f"  {trainer}: limit {limit:.0f} img/s = {n_cores} cores / ({augment * 1e6:.0f} + "
-              f"{cost[trainer, TRAINING_ALONE] * 1e6:.0f}) CPU-us per image")
-        print(f"    {'pipeline':42s} {'img/s':>7s} {'CPU-us/img':>10s} {'of limit':>8s} {'vs best peer':>12s} "
-              f"{'best round':>10s} {'vs best':>7s}")
+              f"{cost[trainer, TRAINING_ALONE] * 1e6:.0f}) CPU-us")
+        print(f"    {'pipeline':42s} {'img/s':>6s} {'of limit':>8s} {'vs best peer':>12s} {'CPU-us':>6s} "
+              f"{'in workers':>10s} {'best round':>10s} {'vs best':>7s}")
         for name in sorted(names, key=lambda k: -rate[trainer, k]):
             run = trainer, name
-            print(f"    {name:42s} {rate[run]:7.0f} {cost[run] * 1e6:10.0f} {rate[run] / limit:8.0%} "
-                  f"{rate[run] / peer:11.2f}x {best[run]:10.0f} {best[run] / peer_best:6.2f}x")
+            print(f"    {name:42s} {rate[run]:6.0f} {rate[run] / limit:8.0%} {rate[run] / peer:11.2f}x "
+                  f"{cost[run] * 1e6:6.0f} {workers[run] * 1e6:10.0f} {best[run]:10.0f} {best[run] / peer_best:6.2f}x")
     print("  first epoch incl. start-up (workers, tracing), both trainers: "
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items()))
 

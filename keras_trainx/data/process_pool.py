@@ -142,12 +142,13 @@ def _worker(conn: Connection, state: bytes) -> None:
             reply: tuple = ("batch", writer.reply(sequence.build_batch(epoch, index, writer.empty)))
             del writer
         except Exception as error:
+            try:
+                pickle.dumps(error)
+            except Exception:
+                error = RuntimeError(f"{type(error).__name__}: {error}")
             reply = ("error", error, traceback.format_exc())
         try:
-            try:
-                conn.send(reply)
-            except (pickle.PicklingError, TypeError, AttributeError):  # an error that cannot be pickled
-                conn.send(("error", RuntimeError(repr(reply[1])), reply[2]))
+            conn.send(reply)
         except OSError:  # the training process is gone
             return
 
@@ -219,19 +220,24 @@ class _WorkerHandle:
         self.conn.close()
 
     def request(self, epoch: int, index: int, slot: _Slot | None) -> concurrent.futures.Future:
+        """Sends a batch request; the future gets the worker's reply, or EOFError if the worker is gone."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        with self.lock:
-            if not self.alive:
-                future.set_exception(EOFError("the worker process ended"))
-                return future
-            new_slot = slot is not None and slot.id not in self.slots_sent
-            self.pending.append(future)
-            self.conn.send((epoch, index, None if slot is None else slot.id, 0 if slot is None else slot.size,
-                            new_slot))
-            if new_slot:
-                assert slot is not None
-                reduction.send_handle(self.conn, slot.descriptor, self.process.pid)
-                self.slots_sent.add(slot.id)
+        with self.lock:  # the reader takes the lock to match a reply with its request: none comes before
+            if self.alive:
+                new_slot = slot is not None and slot.id not in self.slots_sent
+                try:
+                    self.conn.send((epoch, index, None if slot is None else slot.id,
+                                    0 if slot is None else slot.size, new_slot))
+                    if new_slot:
+                        assert slot is not None
+                        reduction.send_handle(self.conn, slot.descriptor, self.process.pid)
+                        self.slots_sent.add(slot.id)
+                except OSError:
+                    self.alive = False
+                else:
+                    self.pending.append(future)
+                    return future
+        future.set_exception(EOFError("the worker process ended"))
         return future
 
     def stop(self) -> None:
@@ -314,22 +320,24 @@ class ProcessBatches:
             return slot
 
     def epoch_batch(self, epoch: int, index: int) -> Any:
+        """Batch `index` of epoch `epoch`, built by a worker; its arrays may be views of shared memory."""
         slot = self._take_slot()
         with self._choose:
             worker = min(self._workers, key=lambda w: len(w.pending))
         try:
             reply = worker.request(epoch, index, slot).result()
         except EOFError as error:
-            hint = GUARD_HINT if _main_script() is not None else "See the worker's error above."
+            hint = GUARD_HINT if _main_script() is not None else (
+                "Its error, if it printed one, is above (a worker the system killed, e.g. for memory, prints none).")
             raise RuntimeError(
                 f"the worker processes of use_multiprocessing=True ended before building a batch. {hint}"
             ) from error
         if reply[0] == "error":
             if slot is not None:
                 self._free.put(slot)
-            error = reply[1]
-            error.add_note(f"Raised in a worker process of use_multiprocessing=True:\n{reply[2]}")
-            raise error
+            raised = reply[1]
+            raised.add_note(f"Raised in a worker process of use_multiprocessing=True:\n{reply[2]}")
+            raise raised
         batch = reply[1]
         if slot is None:
             if SHARED_SLOTS:
