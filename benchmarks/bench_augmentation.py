@@ -15,24 +15,31 @@ to `fit` (Keras' thread workers).
 
 For each pipeline the run reports images/s and CPU-seconds per image: the training process and all its
 descendants (worker processes included, read from /proc while they run). Measured alone in the same
-rounds: the augmentation (the per-sample `Compose` loop in the calling thread with one OpenCV thread, the
-cheapest way measured to do that work) and the training (the same model fed from cached, already
-augmented batches). They give the machine's limit, `cores / (augmentation + training CPU-s per image)`:
-the images/s at which both would keep every core busy with nothing else, and each pipeline's fraction
-of it.
+rounds: the augmentation (the per-sample `Compose` loop in one process with one OpenCV thread, the
+cheapest way measured to do that work; and the same split over one process per core, which says whether
+the cores add up) and the training (the same model fed from cached, already augmented batches). They
+give the machine's limit, `cores / (augmentation + training CPU-s per image)`: the images/s at which
+both would keep every core busy with nothing else, and each pipeline's fraction of it.
 
-Timings are interleaved: every round runs every measurement once, in a rotated order, and medians over
-rounds count (a shared machine slows whole rounds; CPU-seconds are steadier than wall time there). Worker
-start-up (threads, processes, tracing) happens in an untimed warm-up epoch and is printed separately.
-Run: `python benchmarks/bench_augmentation.py` (about 10 minutes on 2 cores), `--quick` (about 2 minutes).
+Each pipeline (and each measurement alone) lives in a process of its own, as it would for its user: a
+pipeline run in the same process as another inherits its state (measured here: after a `PyDataset` had
+gone through `Model.fit`, the per-sample loop at 224x224 in that process sometimes took ~190 page
+faults and twice the CPU per image). This script drives those processes in interleaved rounds: every
+round runs every measurement once, in a rotated order, while the other processes wait, and medians
+over rounds count (a shared machine slows whole rounds; CPU-seconds are steadier than wall time there).
+Start-up (building the pipeline, its workers, tracing, one warm-up epoch per trainer) is timed one
+process at a time and printed separately.
+Run: `python benchmarks/bench_augmentation.py` (7 rounds, about 10 minutes on 2 cores), `--quick`
+(3 rounds of half-size epochs, about 2 minutes).
 """
 
 import argparse
 import concurrent.futures
-import gc
 import multiprocessing
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -51,7 +58,9 @@ BATCH = 64
 OURS = "AugmentedSequence"
 RECOMMENDED = f"{OURS} processes .to_tf_dataset()"
 AUGMENTATION_ALONE = "augmentation alone"
-ALL_CORES = "augmentation alone, all cores"
+ONE_PROCESS = "one process"
+ALL_CORES = "all cores"
+CLOSE = "close"
 TRAINING_ALONE = "training alone"
 TICKS = os.sysconf("SC_CLK_TCK")
 IMAGES_PER_EPOCH = {64: 4096, 224: 768}
@@ -128,18 +137,22 @@ def numpy_function_dataset(x, y):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def pipelines(x, y):
-    def ours(**kwargs):
-        return AugmentedSequence(x, y, batch_size=BATCH, transform=transforms(), seed=0, drop_remainder=True,
-                                 **kwargs)
+def ours(x, y, **kwargs):
+    return AugmentedSequence(x, y, batch_size=BATCH, transform=transforms(), seed=0, drop_remainder=True, **kwargs)
 
-    return {
-        RECOMMENDED: lambda: ours(workers=2, use_multiprocessing=True).to_tf_dataset(),
-        f"{OURS} threads (workers=2)": lambda: ours(workers=2),
-        "article Sequence (as written)": lambda: ArticleSequence(x, y, BATCH),
-        "article Sequence (workers=2)": lambda: ArticleSequence(x, y, BATCH, workers=2),
-        "tf.data numpy_function AUTOTUNE": lambda: numpy_function_dataset(x, y),
-    }
+
+PIPELINES = {
+    RECOMMENDED: lambda x, y: ours(x, y, workers=2, use_multiprocessing=True).to_tf_dataset(),
+    f"{OURS} threads (workers=2)": lambda x, y: ours(x, y, workers=2),
+    "article Sequence (as written)": lambda x, y: ArticleSequence(x, y, BATCH),
+    "article Sequence (workers=2)": lambda x, y: ArticleSequence(x, y, BATCH, workers=2),
+    "tf.data numpy_function AUTOTUNE": numpy_function_dataset,
+}
+
+
+def pipelines(x, y):
+    """The pipelines' makers, each called with no argument: `pipelines(x, y)[name]()`."""
+    return {name: (lambda make=make: make(x, y)) for name, make in PIPELINES.items()}
 
 
 def tiny_model(size):
@@ -174,16 +187,6 @@ def augment(x):
         np.stack([compose(image=image)["image"] for image in x[start:start + BATCH]])
 
 
-def augment_alone(x):
-    """The augmentation's own cost: the per-sample Compose loop, one OpenCV thread, nothing else running."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        augment(x)
-    finally:
-        cv2.setNumThreads(threads)
-
-
 _PROBE_IMAGES = None
 
 
@@ -198,55 +201,117 @@ def _augment_share(share):
     augment(_PROBE_IMAGES[part * len(_PROBE_IMAGES) // parts:(part + 1) * len(_PROBE_IMAGES) // parts])
 
 
-class AllCoresProbe:
-    """The same augmentation in one process per core at once: do the cores add up (shared caches,
-    memory bandwidth, a host's hyperthreads)? Its CPU-s per image against `augmentation alone`'s says."""
+def augmentation_alone(x, y):
+    """The augmentation's own cost: the per-sample Compose loop with one OpenCV thread, in this process
+    and split over one process per core at once (do the cores add up: shared caches, memory bandwidth,
+    a host's hyperthreads?)."""
+    cv2.setNumThreads(1)
+    context = multiprocessing.get_context("forkserver")
+    pool = concurrent.futures.ProcessPoolExecutor(cores(), mp_context=context, initializer=_start_probe,
+                                                  initargs=(x,))
 
-    def __init__(self, x):
-        context = multiprocessing.get_context("forkserver")
-        self.pool = concurrent.futures.ProcessPoolExecutor(cores(), mp_context=context, initializer=_start_probe,
-                                                           initargs=(x,))
-        self.run()  # start the processes
+    def all_cores(epoch):
+        list(pool.map(_augment_share, [(part, cores()) for part in range(cores())]))
 
-    def run(self):
-        list(self.pool.map(_augment_share, [(part, cores()) for part in range(cores())]))
+    runs = {ONE_PROCESS: lambda epoch: augment(x), ALL_CORES: all_cores, CLOSE: lambda: pool.shutdown()}
+    runs[ONE_PROCESS](0)
+    runs[ALL_CORES](0)
+    return runs
 
 
-def measure(size, num_images, rounds):
+def training_alone(x, y):
+    """The training's own cost: the same model fed from cached, already augmented batches."""
+    size = x.shape[1]
+    augmented = np.stack([A.Compose(transforms())(image=image)["image"] for image in x])
+    cached = tf.data.Dataset.from_tensor_slices((augmented, y)).batch(BATCH).cache()
+    return trained(size, lambda: cached)
+
+
+def trained(size, make):
+    data = make()
+    runs = {}
+    for trainer, train in TRAINERS.items():
+        model = tiny_model(size)
+        train(model, data, 0)  # warm-up: workers, traces, first-batch probes
+        runs[trainer] = lambda epoch, model=model, train=train: train(model, data, epoch)
+    return runs
+
+
+def serve(name, size, num_images):
+    """A measurement's process: builds it when told to, then runs `<key> <epoch>` requests from stdin."""
+    tf.get_logger().setLevel("ERROR")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8)
     y = rng.integers(0, 10, num_images).astype(np.int64)
-    augmented = np.stack([A.Compose(transforms())(image=image)["image"] for image in x])
-    cached = tf.data.Dataset.from_tensor_slices((augmented, y)).batch(BATCH).cache()
-    inputs, models, startup = {TRAINING_ALONE: cached}, {}, {}
-    for name, make in pipelines(x, y).items():
-        start = time.perf_counter()
-        inputs[name] = make()
-        for trainer, train in TRAINERS.items():  # warm-up: workers, traces, first-batch probes
-            models[trainer, name] = tiny_model(size)
-            train(models[trainer, name], inputs[name], 0)
-        startup[name] = time.perf_counter() - start
-    for trainer, train in TRAINERS.items():
-        models[trainer, TRAINING_ALONE] = tiny_model(size)
-        train(models[trainer, TRAINING_ALONE], cached, 0)
-    probe = AllCoresProbe(x)
-    alone = {AUGMENTATION_ALONE: lambda: augment_alone(x), ALL_CORES: probe.run}
-    runs = [(None, name) for name in alone] + [(trainer, name) for trainer in TRAINERS for name in inputs]
-    results = {run: [] for run in runs}
-    for r in range(rounds):
-        for trainer, name in runs[r % len(runs):] + runs[: r % len(runs)]:
-            gc.collect()
-            wall, cpu, children = time.perf_counter(), cpu_seconds(), descendants_cpu_seconds()
-            if trainer is None:
-                alone[name]()
-            else:
-                TRAINERS[trainer](models[trainer, name], inputs[name], r + 1)
-            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-            children = descendants_cpu_seconds() - children
-            results[trainer, name].append((num_images / wall, cpu / num_images, children / num_images))
-    probe.pool.shutdown()
-    del inputs, models
-    gc.collect()
+    reply("loaded")
+    sys.stdin.readline()
+    start = time.perf_counter()
+    if name == AUGMENTATION_ALONE:
+        runs = augmentation_alone(x, y)
+    elif name == TRAINING_ALONE:
+        runs = training_alone(x, y)
+    else:
+        runs = trained(size, pipelines(x, y)[name])
+    reply(f"ready {time.perf_counter() - start}")
+    for line in sys.stdin:
+        key, epoch = line.rsplit(" ", 1)
+        wall, cpu, workers = time.perf_counter(), cpu_seconds(), descendants_cpu_seconds()
+        runs[key](int(epoch))
+        wall, cpu, workers = time.perf_counter() - wall, cpu_seconds() - cpu, descendants_cpu_seconds() - workers
+        reply(f"{wall} {cpu} {workers}")
+    if CLOSE in runs:
+        runs[CLOSE]()
+
+
+def reply(text):
+    print(f"@@ {text}", flush=True)
+
+
+class Server:
+    """The driver's handle on a measurement's process."""
+
+    def __init__(self, name, size, num_images):
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--serve", name, "--sizes", str(size),
+             "--images", str(num_images)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def read(self):
+        for line in self.process.stdout:
+            if line.startswith("@@ "):
+                return line[3:].split()
+        raise RuntimeError(f"the process measuring {self.name!r} ended (its error is above)")
+
+    def send(self, text):
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=120)
+
+
+def measure(size, num_images, rounds):
+    names = [AUGMENTATION_ALONE, TRAINING_ALONE] + list(PIPELINES)
+    servers = {name: Server(name, size, num_images) for name in names}  # imports in parallel, untimed
+    try:
+        for server in servers.values():
+            server.read()
+        startup = {}
+        for name, server in servers.items():  # building and warm-up epochs one process at a time
+            server.send("build")
+            startup[name] = float(server.read()[1])
+        runs = [(AUGMENTATION_ALONE, key) for key in (ONE_PROCESS, ALL_CORES)]
+        runs += [(name, trainer) for trainer in TRAINERS for name in names[1:]]
+        results = {run: [] for run in runs}
+        for r in range(rounds):
+            for name, key in runs[r % len(runs):] + runs[: r % len(runs)]:
+                servers[name].send(f"{key} {r + 1}")
+                wall, cpu, workers = (float(v) for v in servers[name].read())
+                results[name, key].append((num_images / wall, cpu / num_images, workers / num_images))
+    finally:
+        for server in servers.values():
+            server.close()
     return results, startup
 
 
@@ -256,30 +321,30 @@ def report(size, num_images, rounds, results, startup):
     best = {run: max(r[0] for r in v) for run, v in results.items()}
     cost = {run: statistics.median(r[1] for r in v) for run, v in results.items()}
     workers = {run: statistics.median(r[2] for r in v) for run, v in results.items()}
-    augment = cost[None, AUGMENTATION_ALONE]
+    one, every = (AUGMENTATION_ALONE, ONE_PROCESS), (AUGMENTATION_ALONE, ALL_CORES)
+    augment_cost = cost[one]
     print(f"\n{size}x{size}, batch {BATCH}, {num_images} images per epoch, {rounds} rounds, {n_cores} cores; "
           f"medians over rounds; CPU-us: microseconds of CPU per image, training process and its workers")
-    print(f"  alone: augmentation {augment * 1e6:.0f} CPU-us ({rate[None, AUGMENTATION_ALONE]:.0f} img/s; "
-          f"per-sample Compose, calling thread, 1 OpenCV thread; on all {n_cores} cores at once "
-          f"{cost[None, ALL_CORES] * 1e6:.0f} CPU-us, {rate[None, ALL_CORES]:.0f} img/s)")
+    print(f"  alone: augmentation {augment_cost * 1e6:.0f} CPU-us ({rate[one]:.0f} img/s; per-sample Compose, "
+          f"1 OpenCV thread, 1 process); in {n_cores} processes at once {cost[every] * 1e6:.0f} CPU-us "
+          f"({rate[every]:.0f} img/s, {rate[every] / rate[one]:.2f}x one process)")
     print("  alone: training from cached batches: "
-          + ", ".join(f"{t} {cost[t, TRAINING_ALONE] * 1e6:.0f} CPU-us ({rate[t, TRAINING_ALONE]:.0f} img/s)"
+          + ", ".join(f"{t} {cost[TRAINING_ALONE, t] * 1e6:.0f} CPU-us ({rate[TRAINING_ALONE, t]:.0f} img/s)"
                       for t in TRAINERS))
     for trainer in TRAINERS:
-        limit = n_cores / (augment + cost[trainer, TRAINING_ALONE])
-        names = [name for (t, name) in results if t == trainer and name != TRAINING_ALONE]
-        peer = max(rate[trainer, name] for name in names if not name.startswith(OURS))
-        peer_best = max(best[trainer, name] for name in names if not name.startswith(OURS))
-        print(f"  {trainer}: limit {limit:.0f} img/s = {n_cores} cores / ({augment * 1e6:.0f} + "
-              f"{cost[trainer, TRAINING_ALONE] * 1e6:.0f}) CPU-us")
-        print(f"    {'pipeline':42s} {'img/s':>6s} {'of limit':>8s} {'vs best peer':>12s} {'CPU-us':>6s} "
+        limit = n_cores / (augment_cost + cost[TRAINING_ALONE, trainer])
+        peer = max(rate[name, trainer] for name in PIPELINES if not name.startswith(OURS))
+        peer_best = max(best[name, trainer] for name in PIPELINES if not name.startswith(OURS))
+        print(f"  {trainer}: limit {limit:.0f} img/s = {n_cores} cores / ({augment_cost * 1e6:.0f} + "
+              f"{cost[TRAINING_ALONE, trainer] * 1e6:.0f}) CPU-us")
+        print(f"    {'pipeline':44s} {'img/s':>6s} {'of limit':>8s} {'vs best peer':>12s} {'CPU-us':>6s} "
               f"{'in workers':>10s} {'best round':>10s} {'vs best':>7s}")
-        for name in sorted(names, key=lambda k: -rate[trainer, k]):
-            run = trainer, name
-            print(f"    {name:42s} {rate[run]:6.0f} {rate[run] / limit:8.0%} {rate[run] / peer:11.2f}x "
+        for name in sorted(PIPELINES, key=lambda k: -rate[k, trainer]):
+            run = name, trainer
+            print(f"    {name:44s} {rate[run]:6.0f} {rate[run] / limit:8.0%} {rate[run] / peer:11.2f}x "
                   f"{cost[run] * 1e6:6.0f} {workers[run] * 1e6:10.0f} {best[run]:10.0f} {best[run] / peer_best:6.2f}x")
-    print("  first epoch incl. start-up (workers, tracing), both trainers: "
-          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items()))
+    print("  start-up (build, workers, one warm-up epoch per trainer), alone on the machine: "
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items() if name in PIPELINES))
 
 
 def main():
@@ -287,7 +352,12 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="3 rounds of half-size epochs (about 2 minutes)")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--images", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.sizes[0], args.images)
+        return
     rounds = 3 if args.quick else args.rounds
     for size in args.sizes:
         num_images = IMAGES_PER_EPOCH.get(size, max(4 * BATCH, 4096 * 64 * 64 // (size * size) // BATCH * BATCH))
@@ -296,7 +366,7 @@ def main():
         start = time.perf_counter()
         results, startup = measure(size, num_images, rounds)
         report(size, num_images, rounds, results, startup)
-        print(f"  ({time.perf_counter() - start:.0f} s)")
+        print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ once and saying why; should a worker still end early, the batch request raises w
 import ast
 import collections
 import concurrent.futures
+import functools
 import mmap
 import multiprocessing
 import os
@@ -257,6 +258,10 @@ def _stop(workers: list[_WorkerHandle], wait: bool) -> None:
             worker.process.join(timeout=60)
 
 
+def _release(free: "queue.SimpleQueue[_Slot]", slot: _Slot, _: concurrent.futures.Future) -> None:
+    free.put(slot)
+
+
 class ProcessBatches:
     """Builds `sequence`'s batches in `sequence.workers` worker processes.
 
@@ -300,6 +305,8 @@ class ProcessBatches:
         self._slot_size = 0
         self._slots: list[_Slot] = []
         self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        self._lookahead = 2 * sequence.workers
+        self._ahead: dict[tuple[int, int], tuple[concurrent.futures.Future, _Slot | None]] = {}
         self._closed = weakref.finalize(self, _stop, self._workers, False)
 
     def __len__(self) -> int:
@@ -319,13 +326,43 @@ class ProcessBatches:
                 self._slots.append(slot)
             return slot
 
-    def epoch_batch(self, epoch: int, index: int) -> Any:
-        """Batch `index` of epoch `epoch`, built by a worker; its arrays may be views of shared memory."""
+    def _request(self, epoch: int, index: int) -> tuple[concurrent.futures.Future, _Slot | None]:
         slot = self._take_slot()
         with self._choose:
             worker = min(self._workers, key=lambda w: len(w.pending))
+        return worker.request(epoch, index, slot), slot
+
+    def _ahead_of(self, epoch: int, index: int) -> tuple[concurrent.futures.Future, _Slot | None] | None:
+        """The request already sent for `(epoch, index)`, if any; drops those no pass will ask for."""
+        with self._choose:
+            found = self._ahead.pop((epoch, index), None)
+            stale = [key for key in self._ahead if key[0] not in (epoch, epoch + 1)]
+            dropped = [self._ahead.pop(key) for key in stale]
+        for future, slot in dropped:  # free their slots once their replies are in
+            if slot is not None:
+                future.add_done_callback(functools.partial(_release, self._free, slot))
+        return found
+
+    def epoch_batch(self, epoch: int, index: int) -> Any:
+        """Batch `index` of epoch `epoch`, built by a worker; its arrays may be views of shared memory.
+
+        Asking for one of the last batches of an epoch also asks for the same number of first
+        batches of the next epoch, so that the workers keep busy across the end of a pass and the
+        next pass starts with batches ready (they serve `epoch + 1` only when asked for it).
+        """
+        request = self._ahead_of(epoch, index) or self._request(epoch, index)
+        ahead = min(self._lookahead, len(self))
+        key = (epoch + 1, index - (len(self) - ahead))
+        if key[1] >= 0:
+            with self._choose:
+                wanted = key not in self._ahead
+            if wanted:
+                sent = self._request(*key)
+                with self._choose:
+                    self._ahead[key] = sent
+        future, slot = request
         try:
-            reply = worker.request(epoch, index, slot).result()
+            reply = future.result()
         except EOFError as error:
             hint = GUARD_HINT if _main_script() is not None else (
                 "Its error, if it printed one, is above (a worker the system killed, e.g. for memory, prints none).")
