@@ -1,8 +1,9 @@
-"""Worker processes of `to_tf_dataset()` with `use_multiprocessing=True`: their lifetime and scripts.
+"""Worker processes of `to_tf_dataset()` with `use_multiprocessing=True`: lifetime, scripts, batches.
 
-The processes end with their dataset (counted with `multiprocessing.active_children()`) and when the
-interpreter exits; a script without an `if __name__ == "__main__":` guard fails at once with an error
-that says to add it, instead of a bare `BrokenProcessPool`.
+The processes end with their dataset (counted with `multiprocessing.active_children()`), when the
+interpreter exits, and when the training process is killed; a script without an
+`if __name__ == "__main__":` guard fails at once with an error that says to add it. Batches travel in
+shared-memory slots that are reused: batches kept by the caller stay intact, for any worker count.
 """
 
 import gc
@@ -13,7 +14,9 @@ import sys
 import textwrap
 import time
 
+import albumentations as A
 import numpy as np
+import pytest
 
 from keras_trainx.data import AugmentedSequence
 
@@ -65,14 +68,12 @@ def test_worker_processes_end_with_their_dataset():
     dataset = sequence().to_tf_dataset()
     assert sum(int(y.numpy().sum()) for _, y in dataset) == sum(range(16))
     workers = children() - before
-    assert 1 <= len(workers) <= 2  # concurrent.futures starts them on demand
+    assert len(workers) == 2
     iterator = iter(dataset.map(lambda x, y: y))  # a derived dataset's iterator keeps them alive
     del dataset
     gc.collect()
     assert children() >= workers
     assert sorted(int(v) for batch in iterator for v in batch.numpy()) == list(range(16))
-    workers |= children() - before  # the pool may start its second worker only now
-    assert len(workers) <= 2
     del iterator
     gc.collect()
     assert wait_until_gone(workers) == []
@@ -96,7 +97,7 @@ def test_a_guarded_script_runs_and_its_workers_end_with_the_interpreter(tmp_path
     total, pids = result.stdout.strip().splitlines()[-2:]
     assert int(total) == sum(range(16))
     workers = [int(pid) for pid in pids.split()]
-    assert workers  # started on demand: one or two
+    assert len(workers) == 2
     assert wait_until_gone(workers) == []
 
 
@@ -109,3 +110,161 @@ def test_a_script_without_the_main_guard_fails_at_once_saying_to_add_it(tmp_path
     # at once: refused in the training process before any worker started (no worker's traceback)
     assert result.stderr.count("Traceback (most recent call last)") == 1
     assert "BrokenProcessPool" not in result.stderr
+
+
+KILLED_SCRIPT = """
+import time
+import numpy as np
+from keras_trainx.data import AugmentedSequence
+
+if __name__ == "__main__":
+    x = np.zeros((64, 8, 8, 3), np.uint8)
+    dataset = AugmentedSequence(x, np.arange(64), batch_size=4, seed=0, workers=2,
+                                use_multiprocessing=True).to_tf_dataset()
+    next(iter(dataset))
+    print("serving", flush=True)
+    time.sleep(600)
+"""
+
+
+def descendants(pid):
+    """Every live process below `pid` (children, grandchildren, ...), from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def test_workers_end_when_the_training_process_is_killed(tmp_path):
+    path = tmp_path / "train.py"
+    path.write_text(KILLED_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True, env=env,
+                               cwd=tmp_path)
+    left = []
+    try:
+        assert process.stdout.readline().strip() == "serving"
+        below = descendants(process.pid)
+        assert len(below) >= 3  # the fork server and two workers (and Python's resource tracker)
+        process.kill()  # SIGKILL: no atexit, no finalizer runs in the training process
+        process.wait(timeout=30)
+        left = wait_until_gone(below, timeout=10)
+        assert left == []
+    finally:
+        process.kill()
+        for pid in left:
+            os.kill(pid, 9)
+
+
+def batches_of(dataset):
+    """All batches of one pass, kept as TensorFlow holds them (no copy into NumPy until compared)."""
+    return [batch for batch in dataset]
+
+
+def assert_same_structure_and_values(got, want):
+    if isinstance(want, dict):
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert_same_structure_and_values(got[key], want[key])
+    elif isinstance(want, tuple):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same_structure_and_values(g, w)
+    else:
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_batches_kept_by_the_caller_stay_intact_for_any_worker_count():
+    # Batches reach TensorFlow as views of shared memory that workers reuse once a batch is let go:
+    # keeping every batch of two epochs (more than the batches in flight) must not let any change.
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
+    masks = rng.integers(0, 3, (48, 8, 8), dtype=np.uint8)
+    kwargs = dict(y=np.arange(48), masks=masks, sample_weight=np.linspace(0.5, 1.5, 48, dtype=np.float32),
+                  batch_size=4, seed=9, drop_remainder=True,
+                  transform=[A.HorizontalFlip(p=0.5), A.Affine(rotate=(-20, 20), p=0.7)])
+    reference = AugmentedSequence(x, **kwargs)
+    for workers in (1, 3):
+        dataset = AugmentedSequence(x, workers=workers, use_multiprocessing=True, **kwargs).to_tf_dataset()
+        epochs = [batches_of(dataset), batches_of(dataset)]
+        for epoch, got in enumerate(epochs):
+            assert len(got) == 12
+            for index, batch in enumerate(got):
+                assert_same_structure_and_values(batch, reference.epoch_batch(epoch, index))
+        del dataset, epochs
+        gc.collect()
+
+
+def memory_files():
+    """The shared-memory files (memfd) of batch slots open in this process (each name once)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    return sorted({name for name in names if "keras_trainx-batch" in name})
+
+
+def test_shared_memory_slots_are_reused_and_released_with_the_dataset():
+    assert memory_files() == []
+    x = np.random.default_rng(4).integers(0, 256, (96, 8, 8, 3), dtype=np.uint8)
+    dataset = AugmentedSequence(x, np.arange(96), batch_size=4, seed=0, workers=2, use_multiprocessing=True,
+                                transform=[A.HorizontalFlip(p=0.5)]).to_tf_dataset(prefetch=2)
+    for _ in range(3):
+        assert sum(int(y.numpy().sum()) for _, y in dataset) == sum(range(96))
+    # 72 batches went through slots that are reused once TensorFlow lets go of a batch: about one slot
+    # per request in flight (4) and batch prefetched (2) or being read
+    assert 1 <= len(memory_files()) <= 12
+    del dataset
+    gc.collect()
+    assert memory_files() == []
+
+
+def test_a_worker_error_reaches_the_caller_with_its_type_and_traceback(tmp_path):
+    import cv2
+
+    from keras_trainx.data.process_pool import ProcessBatches
+
+    paths = []
+    for i in range(4):
+        paths.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(paths[-1], np.full((8, 8, 3), i, np.uint8))
+    batches = ProcessBatches(AugmentedSequence(paths, batch_size=2, seed=0, workers=2, shuffle=False,
+                                               use_multiprocessing=True))
+    try:
+        assert batches.epoch_batch(0, 1)[0][:, 0, 0, 0].tolist() == [2, 3]
+        with open(paths[3], "w") as file:
+            file.write("not an image")
+        with pytest.raises(ValueError, match=r"OpenCV cannot read file .*3\.png") as raised:
+            batches.epoch_batch(0, 1)
+        assert "Raised in a worker process of use_multiprocessing=True" in "".join(raised.value.__notes__)
+        assert batches.epoch_batch(0, 0)[0][:, 0, 0, 0].tolist() == [0, 1]  # the workers go on
+    finally:
+        batches.close()
+
+
+def test_a_worker_that_dies_fails_its_batch_saying_so():
+    from keras_trainx.data.process_pool import ProcessBatches
+
+    batches = ProcessBatches(sequence())
+    try:
+        for worker in multiprocessing.active_children():
+            if worker.name == "keras_trainx batch worker":
+                worker.kill()
+                worker.join()
+        with pytest.raises(RuntimeError, match="worker processes of use_multiprocessing=True ended"):
+            batches.epoch_batch(0, 0)
+    finally:
+        batches.close()

@@ -4,6 +4,7 @@ import copy
 import math
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -287,6 +288,30 @@ class AugmentedSequence(keras.utils.PyDataset):
         Returns:
             The batch, as `seq[index]` returns it.
         """
+        return self.build_batch(epoch, index, np.empty)
+
+    def build_batch(self, epoch: int, index: int, empty: Callable[[tuple, np.dtype], np.ndarray]) -> tuple:
+        """`epoch_batch(epoch, index)`, with the images written into the array `empty(shape, dtype)` returns.
+
+        Worker processes pass an `empty` that places the images in shared memory, so that the batch
+        reaches the training process without a copy.
+
+        Args:
+            epoch: non-negative int.
+            index: batch index in `[0, len(seq))`.
+            empty: called once per batch with the images' `(shape, dtype)`; returns an array of that
+                shape and dtype (its contents are overwritten), e.g. `np.empty`.
+
+        Returns:
+            The batch, as `epoch_batch(epoch, index)` returns it, its images in the array from `empty`.
+
+        Example:
+
+        >>> seq = AugmentedSequence(np.ones((4, 2, 2, 3), np.uint8), batch_size=2, seed=0)
+        >>> buffer = np.zeros((2, 2, 2, 3), np.uint8)
+        >>> seq.build_batch(0, 1, lambda shape, dtype: buffer)[0] is buffer, int(buffer.sum())
+        (True, 24)
+        """
         ids = self.batch_indices(index, epoch)
         pipeline = self._thread_pipeline()
         pipeline.set_random_state(*batch_random_state(self.seed, epoch, index))
@@ -297,7 +322,7 @@ class AugmentedSequence(keras.utils.PyDataset):
             output = pipeline(image=image, **self.targets.inputs(i, image, self.images.describe))
             result = output["image"]
             if images is None:
-                images = np.empty((len(ids),) + result.shape, result.dtype)
+                images = empty((len(ids),) + result.shape, result.dtype)
             elif result.shape != images.shape[1:]:
                 raise ValueError(
                     f"{self.images.describe(i)} comes out of the pipeline with shape {result.shape}, the "
