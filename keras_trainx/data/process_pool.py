@@ -267,7 +267,7 @@ class ProcessBatches:
 
     A batch source for `keras_trainx.data.tf_dataset.batch_dataset`: `start_pass()` is the sequence's,
     `epoch_batch(epoch, index)` is computed by a worker (thread-safe: each request goes to the worker
-    with the fewest requests in flight).
+    with the fewest requests in flight, and the batches that follow it are requested ahead).
 
     Args:
         sequence: an `AugmentedSequence` (picklable: its sources, targets and transforms).
@@ -301,12 +301,13 @@ class ProcessBatches:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
         self._workers = [_WorkerHandle(context, state) for _ in range(sequence.workers)]
-        self._choose = threading.Lock()
+        self._sending = threading.Lock()
         self._slot_size = 0
         self._slots: list[_Slot] = []
         self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         self._lookahead = 2 * sequence.workers
         self._ahead: dict[tuple[int, int], tuple[concurrent.futures.Future, _Slot | None]] = {}
+        self._requested_up_to = -1  # the furthest position (epoch * len + index) requested ahead
         self._closed = weakref.finalize(self, _stop, self._workers, False)
 
     def __len__(self) -> int:
@@ -321,45 +322,41 @@ class ProcessBatches:
         try:
             return self._free.get_nowait()
         except queue.Empty:
-            with self._choose:
-                slot = _Slot(len(self._slots), self._slot_size)
-                self._slots.append(slot)
+            slot = _Slot(len(self._slots), self._slot_size)
+            self._slots.append(slot)
             return slot
 
     def _request(self, epoch: int, index: int) -> tuple[concurrent.futures.Future, _Slot | None]:
+        """Sends `(epoch, index)` to a worker: the workers take the batches of a pass in turn."""
         slot = self._take_slot()
-        with self._choose:
-            worker = min(self._workers, key=lambda w: len(w.pending))
+        worker = self._workers[(epoch * len(self) + index) % len(self._workers)]
         return worker.request(epoch, index, slot), slot
 
-    def _ahead_of(self, epoch: int, index: int) -> tuple[concurrent.futures.Future, _Slot | None] | None:
-        """The request already sent for `(epoch, index)`, if any; drops those no pass will ask for."""
-        with self._choose:
-            found = self._ahead.pop((epoch, index), None)
+    def epoch_batch(self, epoch: int, index: int) -> Any:
+        """Batch `index` of epoch `epoch`, built by a worker; its arrays may be views of shared memory.
+
+        Asking for a batch also asks for the `2 * workers` batches that follow it (past the end of the
+        pass: the first ones of `epoch + 1`), so that every worker finds its next batch queued when it
+        finishes one, also across the end of a pass. A batch depends only on `(epoch, index)`, so what
+        is built ahead is what would be built on request; requests no pass asked for are dropped once
+        their epoch is two behind.
+        """
+        n = len(self)
+        position = epoch * n + index
+        with self._sending:
+            request = self._ahead.pop((epoch, index), None)
+            if request is None:  # the first request, or a pass that starts elsewhere (a resume)
+                request = self._request(epoch, index)
+                self._requested_up_to = position
+            for ahead in range(max(position, self._requested_up_to) + 1, position + min(self._lookahead, n) + 1):
+                key = divmod(ahead, n)
+                self._ahead[key] = self._request(*key)
+            self._requested_up_to = max(self._requested_up_to, position + min(self._lookahead, n))
             stale = [key for key in self._ahead if key[0] not in (epoch, epoch + 1)]
             dropped = [self._ahead.pop(key) for key in stale]
         for future, slot in dropped:  # free their slots once their replies are in
             if slot is not None:
                 future.add_done_callback(functools.partial(_release, self._free, slot))
-        return found
-
-    def epoch_batch(self, epoch: int, index: int) -> Any:
-        """Batch `index` of epoch `epoch`, built by a worker; its arrays may be views of shared memory.
-
-        Asking for one of the last batches of an epoch also asks for the same number of first
-        batches of the next epoch, so that the workers keep busy across the end of a pass and the
-        next pass starts with batches ready (they serve `epoch + 1` only when asked for it).
-        """
-        request = self._ahead_of(epoch, index) or self._request(epoch, index)
-        ahead = min(self._lookahead, len(self))
-        key = (epoch + 1, index - (len(self) - ahead))
-        if key[1] >= 0:
-            with self._choose:
-                wanted = key not in self._ahead
-            if wanted:
-                sent = self._request(*key)
-                with self._choose:
-                    self._ahead[key] = sent
         future, slot = request
         try:
             reply = future.result()
