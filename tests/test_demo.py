@@ -85,3 +85,38 @@ def test_an_interrupted_save_leaves_no_half_written_model(tmp_path, monkeypatch)
     else:
         raise AssertionError("the interrupt was swallowed")
     assert list(tmp_path.iterdir()) == []
+
+
+SWALLOWED_INTERRUPT = """
+import sys, time
+from keras_trainx import cli
+cli.INTERRUPT_GRACE_SECONDS = 1.0
+
+def run(args):  # loses every KeyboardInterrupt, as Python code that TensorFlow calls back can
+    print("started", flush=True)
+    for _ in range(600):
+        try:
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+cli.demo.run = run
+sys.argv = ["keras-trainx", "demo"]
+cli.entry_point()
+"""
+
+
+def test_ctrl_c_ends_the_command_even_when_the_interrupt_is_lost():
+    demo = subprocess.Popen([sys.executable, "-c", SWALLOWED_INTERRUPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert demo.stdout.readline() == "started\n"
+        demo.send_signal(signal.SIGINT)
+        _, stderr = demo.communicate(timeout=30)  # without the deadline it runs 60 s
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 130, stderr[-3000:]
+    assert stderr.splitlines()[-1] == "keras-trainx demo: interrupted"

@@ -10,7 +10,10 @@ never imports this package.
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from typing import Any
 
 from keras_trainx.cli import demo, experiment, inspect, plot_schedule
 from keras_trainx.cli.errors import CommandError
@@ -28,10 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Seconds an interrupted command has to end by itself before the console script ends it.
+INTERRUPT_GRACE_SECONDS = 10.0
+
+_running = {"command": ""}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _running["command"] = args.command
     try:
         return args.func(args)
     except CommandError as error:
@@ -45,6 +55,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _exit_interrupted() -> None:
+    print(f"keras-trainx {_running['command']}: interrupted", file=sys.stderr)
+    _exit(130)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C: Python's KeyboardInterrupt, and a deadline. Raised inside Python code that TensorFlow
+    runs for a `tf.data` pipeline, the exception can be lost (CI saw a Ctrl-C'd demo train to its end
+    and exit 0); if it is, the process still ends `INTERRUPT_GRACE_SECONDS` later, with status 130."""
+    deadline = threading.Timer(INTERRUPT_GRACE_SECONDS, _exit_interrupted)
+    deadline.daemon = True
+    deadline.start()
+    signal.default_int_handler(signum, frame)
+
+
+def _exit(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def entry_point() -> None:
     """The console script: runs `main` and exits with its status.
 
@@ -53,9 +84,8 @@ def entry_point() -> None:
     still inside Python when the interpreter finalizes aborts the process ("FATAL: exception not
     rethrown", status -6) or deadlocks it (tensorflow/tensorflow#35100).
     """
+    signal.signal(signal.SIGINT, _interrupt)
     status = main()
     if status == 130:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        _exit(status)
     sys.exit(status)
