@@ -11,7 +11,7 @@ import argparse
 import time
 
 from keras_trainx.cli.errors import CommandError
-from keras_trainx.cli.reports import int_list, prepare_output, write_reports
+from keras_trainx.cli.reports import add_output_arguments, int_list, prepare_output, write_reports
 
 EXAMPLES = """examples:
   keras-trainx experiment batch-growth --quick        # 2 runs, about a minute on 2 cores
@@ -36,10 +36,7 @@ def register(experiments: argparse._SubParsersAction) -> None:
     growth.add_argument("--learning-rate", type=float, default=0.4, help="the starting rate (default 0.4)")
     growth.add_argument("--factor", type=int, default=4,
                         help="rate divided / batch multiplied at each milestone (default 4)")
-    growth.add_argument("--output-dir", default="keras_trainx_batch_growth",
-                        help="where the CSV and the plot go (default ./keras_trainx_batch_growth)")
-    growth.add_argument("--no-plot", action="store_true", help="write no plot (no matplotlib needed)")
-    growth.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_output_arguments(growth, "keras_trainx_batch_growth")
     growth.set_defaults(func=run)
 
 

@@ -10,7 +10,7 @@ import time
 
 from keras_trainx.cli import batch_growth
 from keras_trainx.cli.errors import CommandError
-from keras_trainx.cli.reports import int_list, prepare_output, write_reports
+from keras_trainx.cli.reports import add_output_arguments, int_list, prepare_output, write_reports
 
 EXAMPLES = """examples:
   keras-trainx experiment warmup --quick              # 6 runs, a few minutes on 2 cores
@@ -43,10 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="raise the warm-up rate once per epoch, as in the article (default: every update)")
     warmup.add_argument("--remainder", choices=("apply", "drop"), default="apply",
                         help="fit_accumulated's remainder for the short last window (default apply)")
-    warmup.add_argument("--output-dir", default="keras_trainx_warmup",
-                        help="where the CSV and the plot go (default ./keras_trainx_warmup)")
-    warmup.add_argument("--no-plot", action="store_true", help="write no plot (no matplotlib needed)")
-    warmup.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_output_arguments(warmup, "keras_trainx_warmup")
     warmup.set_defaults(func=run)
     batch_growth.register(experiments)
 

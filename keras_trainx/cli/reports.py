@@ -17,6 +17,14 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, default_folder: str) -> None:
+    """Adds `--output-dir`, `--no-plot` and `--no-progress`, which every experiment takes."""
+    parser.add_argument("--output-dir", default=default_folder,
+                        help=f"where the CSV and the plot go (default ./{default_folder})")
+    parser.add_argument("--no-plot", action="store_true", help="write no plot (no matplotlib needed)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
 def prepare_output(command: str, output_dir: str, plot: bool) -> None:
     """Checks the extras `command` needs and that `output_dir` can be written, then creates it."""
     from keras_trainx.extras import require

@@ -92,14 +92,15 @@ class _SlotWriter:
     def __init__(self, slot: mmap.mmap | None) -> None:
         self.memory = np.frombuffer(slot, np.uint8) if slot is not None else np.empty(0, np.uint8)
         self.used = 0
-        self.placed: dict[int, _InSlot] = {}
+        # id -> (where, the array itself): holding the array keeps its id from being reused by another
+        self.placed: dict[int, tuple[_InSlot, np.ndarray]] = {}
 
     def _place(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if dtype.hasobject or self.used + nbytes > len(self.memory):
             return None
         array = self.memory[self.used:self.used + nbytes].view(dtype).reshape(shape)
-        self.placed[id(array)] = _InSlot(self.used, tuple(shape), dtype.str)
+        self.placed[id(array)] = (_InSlot(self.used, tuple(shape), dtype.str), array)
         self.used += _aligned(nbytes)
         return array
 
@@ -111,12 +112,12 @@ class _SlotWriter:
     def reply(self, batch: Any) -> Any:
         def place(array: np.ndarray) -> Any:
             if id(array) in self.placed:
-                return self.placed[id(array)]
+                return self.placed[id(array)][0]
             copy = self._place(array.shape, array.dtype)
             if copy is None:
                 return array
             copy[...] = array
-            return self.placed[id(copy)]
+            return self.placed[id(copy)][0]
 
         return _map_arrays(place, batch)
 
