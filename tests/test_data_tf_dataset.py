@@ -43,6 +43,9 @@ def test_static_shapes_structure_and_epochs():
     second = [float(x["b"][0]) for x, _ in ds]
     assert first == [0, 1, 2] and second == [100, 101, 102]
     assert (seq.begins, seq.ends) == (2, 1)  # on_epoch_end between passes, as Keras does between epochs
+    # tf.data's autotuning is off: with it, a tf.function taking the batches (as fit does) ran whole
+    # epochs at 100 batches a second (benchmarks/bench_augmentation.py)
+    assert ds.options().autotune.enabled is False
 
 
 def test_partial_last_batch_is_refused_unless_dropped():

@@ -202,5 +202,11 @@ def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool 
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
     if prefetch:
         dataset = dataset.prefetch(prefetch)
+    # The batches are built outside tf.data (worker processes, or the numpy_function calls), which its
+    # autotuning cannot see; with it on, consumed by a tf.function as `fit` does, whole epochs ran at
+    # exactly 100 batches a second with the cores 40% idle (Keras turns it off for its own workers too).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = dataset.with_options(options)
     _SOURCES[dataset] = source
     return dataset
