@@ -38,7 +38,8 @@ _running = {"command": ""}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit status."""
+    """Runs the command line `argv` (default: `sys.argv[1:]`); returns the exit status. The console
+    script, `entry_point`, calls it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _running["command"] = args.command

@@ -98,7 +98,8 @@ def to_tf_dataset(sequence: keras.utils.PyDataset, *, drop_remainder: bool = Fal
 
     Returns:
         A `tf.data.Dataset` yielding the batches in order, with the structure `__getitem__` returns
-        (a bare array becomes a 1-tuple, lists become tuples) and known cardinality.
+        (a bare array becomes a 1-tuple, lists become tuples) and known cardinality. tf.data's
+        autotuning is off in its options (the batches are built outside tf.data).
 
     Example:
 
