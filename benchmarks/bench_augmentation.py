@@ -29,7 +29,7 @@ round runs every measurement once, in a rotated order, while the other processes
 over rounds count (a shared machine slows whole rounds; CPU-seconds are steadier than wall time there).
 Start-up (building the pipeline, its workers, tracing, one warm-up epoch per trainer) is timed one
 process at a time and printed separately.
-Run: `python benchmarks/bench_augmentation.py` (7 rounds, about 10 minutes on 2 cores), `--quick`
+Run: `python benchmarks/bench_augmentation.py` (7 rounds, about 4 minutes on 2 cores), `--quick`
 (3 rounds of half-size epochs, about 2 minutes).
 """
 
