@@ -34,15 +34,15 @@ def make(**kwargs):
                              **kwargs)
 
 
-def expected_epochs(epochs=EPOCHS):
+def expected_epochs(epochs=EPOCHS, batch_size=BATCH):
     """Each epoch's batches as documented: sample order and augmentation from (seed, epoch, index)."""
     compose = A.Compose(copy.deepcopy(PIPELINE))
     result = []
     for epoch in range(epochs):
         order = epoch_permutation(SEED, epoch, N)
         batches = []
-        for index in range(N // BATCH):
-            ids = order[index * BATCH:(index + 1) * BATCH]
+        for index in range(N // batch_size):
+            ids = order[index * batch_size:(index + 1) * batch_size]
             compose.set_random_state(*batch_random_state(SEED, epoch, index))
             batches.append((np.stack([compose(image=X[i])["image"] for i in ids]), Y[ids]))
         result.append(batches)
@@ -199,17 +199,8 @@ def test_resumed_run_with_new_objects_ends_with_the_uninterrupted_weights(traine
 # batches (the output signature). Both must give epochs 0, 1, 2, ... whatever the number of batches.
 
 def expected_batch_epochs(batch_size, epochs=EPOCHS):
-    """Each epoch's images as documented, for `batch_size` (no transform is skipped)."""
-    compose = A.Compose(copy.deepcopy(PIPELINE))
-    result = []
-    for epoch in range(epochs):
-        order = epoch_permutation(SEED, epoch, N)
-        batches = []
-        for index in range(N // batch_size):
-            compose.set_random_state(*batch_random_state(SEED, epoch, index))
-            batches.append(np.stack([compose(image=X[i])["image"] for i in order[index * batch_size:(index + 1) * batch_size]]))
-        result.append(batches)
-    return result
+    """Each epoch's image batches, as `expected_epochs` gives them, for `batch_size`."""
+    return [[images for images, _ in batches] for batches in expected_epochs(epochs, batch_size)]
 
 
 def batch_sequence(batch_size, **kwargs):
