@@ -349,10 +349,11 @@ class ProcessBatches:
             if request is None:  # the first request, or a pass that starts elsewhere (a resume)
                 request = self._request(epoch, index)
                 self._requested_up_to = position
-            for ahead in range(max(position, self._requested_up_to) + 1, position + min(self._lookahead, n) + 1):
+            furthest = position + min(self._lookahead, n)
+            for ahead in range(max(position, self._requested_up_to) + 1, furthest + 1):
                 key = divmod(ahead, n)
                 self._ahead[key] = self._request(*key)
-            self._requested_up_to = max(self._requested_up_to, position + min(self._lookahead, n))
+            self._requested_up_to = max(self._requested_up_to, furthest)
             stale = [key for key in self._ahead if key[0] not in (epoch, epoch + 1)]
             dropped = [self._ahead.pop(key) for key in stale]
         for future, slot in dropped:  # free their slots once their replies are in

@@ -415,7 +415,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         if self.use_multiprocessing:
             from keras_trainx.data.process_pool import ProcessBatches
 
-            # two requests per worker: each worker finds its next batch queued when it finishes one
+            # tf.data asks for up to two batches per worker at once; ProcessBatches itself queues the
+            # batches that follow each request, so that a worker never waits for tf.data
             source, parallel_calls = ProcessBatches(self), 2 * self.workers
         else:
             source, parallel_calls = self, self.workers
