@@ -19,19 +19,20 @@ import pytest
 import tensorflow as tf
 
 from keras_trainx import distribute
+from keras_trainx.distribute import strategy as distribute_strategy
 
 SETTINGS_FRAME = bytes([0, 0, 0, 0x4, 0, 0, 0, 0, 0])
-REAL_GPU_DEVICES = distribute._gpu_devices  # before the autouse fixture replaces it
+REAL_GPU_DEVICES = distribute_strategy._gpu_devices  # before the autouse fixture replaces it
 
 
 @pytest.fixture(autouse=True)
 def bare_machine(monkeypatch, tmp_path):
-    for name in ("TF_CONFIG",) + distribute._TPU_ENVIRONMENT:
+    for name in ("TF_CONFIG",) + distribute_strategy._TPU_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     pci = tmp_path / "pci"
     pci.mkdir()
-    monkeypatch.setattr(distribute, "_PCI_DEVICES", pci)
-    monkeypatch.setattr(distribute, "_gpu_devices", lambda: [])
+    monkeypatch.setattr(distribute_strategy, "_PCI_DEVICES", pci)
+    monkeypatch.setattr(distribute_strategy, "_gpu_devices", lambda: [])
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def test_probe_tells_grpc_servers_from_the_rest(server):
     reply, port = server
     address = f"grpc://127.0.0.1:{port}"
     if reply == SETTINGS_FRAME:
-        assert _bounded(lambda: distribute._probe_grpc(address, 2.0)) is None
+        assert _bounded(lambda: distribute_strategy._probe_grpc(address, 2.0)) is None
         return
     expected = {
         None: (TimeoutError, f"127.0.0.1:{port} accepted a TCP connection but sent no gRPC (HTTP/2) greeting "
@@ -151,7 +152,7 @@ def test_probe_tells_grpc_servers_from_the_rest(server):
                                "not a TPU's gRPC endpoint (port 8470 on a TPU node)"),
     }.get(reply, (ConnectionError, f"127.0.0.1:{port} answered, but not as a gRPC server (no HTTP/2 SETTINGS"))
     with pytest.raises(expected[0]) as info:
-        _bounded(lambda: distribute._probe_grpc(address, 0.5))
+        _bounded(lambda: distribute_strategy._probe_grpc(address, 0.5))
     assert str(info.value).startswith(expected[1])
 
 
@@ -170,7 +171,7 @@ def test_silent_explicit_tpu_is_an_error_naming_the_address_and_the_fix(tf_calls
 
 def test_silent_colab_tpu_address_is_passed_over(tf_calls, silent_port, monkeypatch, caplog):
     monkeypatch.setenv("COLAB_TPU_ADDR", f"127.0.0.1:{silent_port}")
-    monkeypatch.setattr(distribute, "_gpu_devices", lambda: ["/device:GPU:0"])
+    monkeypatch.setattr(distribute_strategy, "_gpu_devices", lambda: ["/device:GPU:0"])
     with caplog.at_level(logging.INFO, logger="keras_trainx"):
         strategy = _bounded(lambda: distribute.auto_strategy(probe_timeout=0.5))
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
@@ -246,8 +247,8 @@ FAILED_TPU_SCRIPT = textwrap.dedent("""
 
 def test_real_grpc_server_without_tpu_is_passed_over_and_the_process_goes_on(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.path.dirname(os.path.dirname(distribute.__file__)))
-    for name in ("TF_CONFIG",) + distribute._TPU_ENVIRONMENT:
+               PYTHONPATH=os.path.dirname(os.path.dirname(distribute_strategy.__file__)))
+    for name in ("TF_CONFIG",) + distribute_strategy._TPU_ENVIRONMENT:
         env.pop(name, None)
     result = subprocess.run([sys.executable, "-c", FAILED_TPU_SCRIPT], capture_output=True, text=True,
                             timeout=120, env=env, cwd=tmp_path)

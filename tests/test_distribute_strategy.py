@@ -17,8 +17,9 @@ import pytest
 import tensorflow as tf
 
 from keras_trainx import distribute
+from keras_trainx.distribute import strategy as distribute_strategy
 
-_ENVIRONMENT = ("TF_CONFIG",) + distribute._TPU_ENVIRONMENT
+_ENVIRONMENT = ("TF_CONFIG",) + distribute_strategy._TPU_ENVIRONMENT
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +29,8 @@ def bare_machine(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     pci = tmp_path / "pci"
     pci.mkdir()
-    monkeypatch.setattr(distribute, "_PCI_DEVICES", pci)
-    monkeypatch.setattr(distribute, "_gpu_devices", lambda: [])
+    monkeypatch.setattr(distribute_strategy, "_PCI_DEVICES", pci)
+    monkeypatch.setattr(distribute_strategy, "_gpu_devices", lambda: [])
     return pci
 
 
@@ -174,7 +175,7 @@ def test_tpu_from_environment(fake_tpu, caplog, monkeypatch, listening_port, nam
 
 def test_unreachable_tpu_from_environment_falls_through(caplog, monkeypatch, closed_port):
     monkeypatch.setenv("TPU_NAME", f"grpc://127.0.0.1:{closed_port}")
-    monkeypatch.setattr(distribute, "_gpu_devices", lambda: ["/device:GPU:0"])
+    monkeypatch.setattr(distribute_strategy, "_gpu_devices", lambda: ["/device:GPU:0"])
     strategy, messages = _choose(caplog)
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
     assert messages == [
@@ -213,7 +214,7 @@ def test_tf_config_with_two_workers_chooses_multi_worker(caplog, monkeypatch):
         num_replicas_in_sync = 2
 
     monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", MultiWorker)
-    monkeypatch.setattr(distribute, "_gpu_devices", lambda: ["/device:GPU:0", "/device:GPU:1"])
+    monkeypatch.setattr(distribute_strategy, "_gpu_devices", lambda: ["/device:GPU:0", "/device:GPU:1"])
     config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     strategy, messages = _choose(caplog)
@@ -251,7 +252,7 @@ def test_two_gpus_choose_mirrored_over_them(caplog, monkeypatch):
             self.devices = devices
 
     monkeypatch.setattr(tf.distribute, "MirroredStrategy", Mirrored)
-    monkeypatch.setattr(distribute, "_gpu_devices", lambda: ["/device:GPU:0", "/device:GPU:1"])
+    monkeypatch.setattr(distribute_strategy, "_gpu_devices", lambda: ["/device:GPU:0", "/device:GPU:1"])
     strategy, messages = _choose(caplog)
     assert isinstance(strategy, Mirrored)
     assert strategy.devices == ["/device:GPU:0", "/device:GPU:1"]
@@ -259,7 +260,7 @@ def test_two_gpus_choose_mirrored_over_them(caplog, monkeypatch):
 
 
 def test_one_gpu_chooses_one_device(caplog, monkeypatch):
-    monkeypatch.setattr(distribute, "_gpu_devices", lambda: ["/device:GPU:0"])
+    monkeypatch.setattr(distribute_strategy, "_gpu_devices", lambda: ["/device:GPU:0"])
     strategy, messages = _choose(caplog)
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
     assert strategy.extended.worker_devices == ("/job:localhost/replica:0/task:0/device:GPU:0",)

@@ -1,0 +1,8 @@
+"""`tf.distribute` for Keras users: `auto_strategy()` picks the strategy for this process (TPU,
+multi-worker, several GPUs or one device), and the helpers that go with it give the global batch,
+the linear learning-rate scaling rule and a `tf.data` input with static shapes."""
+
+from keras_trainx.distribute.inputs import global_batch_size, input_dataset, scale_learning_rate
+from keras_trainx.distribute.strategy import auto_strategy
+
+__all__ = ["auto_strategy", "global_batch_size", "input_dataset", "scale_learning_rate"]
