@@ -1,4 +1,4 @@
-"""The `keras-trainx` command line: `demo`, `inspect MODEL`, `plot-schedule`, `experiment warmup`.
+"""The `keras-trainx` command line: `demo`, `inspect`, `plot-schedule`, `experiment warmup/batch-growth`.
 
 Each subcommand is a module of this package with `register(subparsers)` (adds its parser and sets
 `func=run`) and `run(args) -> int`. Usage mistakes exit with status 2 (argparse), failures the user
