@@ -111,7 +111,8 @@ def test_no_step_or_a_step_of_one_task_is_no_cluster(srun_task, tasks):
     [
         ("SLURM_STEP_NUM_TASKS", "two", "SLURM_STEP_NUM_TASKS must be an integer >= 1; received "
                                         "SLURM_STEP_NUM_TASKS='two'."),
-        ("SLURM_STEP_NUM_TASKS", "0", "SLURM_STEP_NUM_TASKS must be an integer >= 1; received SLURM_STEP_NUM_TASKS='0'."),
+        ("SLURM_STEP_NUM_TASKS", "0", "SLURM_STEP_NUM_TASKS must be an integer >= 1; received "
+                                      "SLURM_STEP_NUM_TASKS='0'."),
         ("SLURM_PROCID", "-1", "SLURM_PROCID must be an integer >= 0; received SLURM_PROCID='-1'."),
         ("SLURM_PROCID", "2", "SLURM_PROCID=2 must be below SLURM_STEP_NUM_TASKS=2."),
         ("SLURM_PROCID", None, "SLURM_PROCID is not set, but SLURM_STEP_NUM_TASKS=2 says this is a task of a "
