@@ -163,6 +163,7 @@ def test_restarts_run_out(tmp_path, capsys):
 
 def test_a_signal_is_named():
     assert str(launcher.WorkerExit(2, -signal.SIGKILL)) == "worker 2 was killed by SIGKILL"
+    assert str(launcher.WorkerExit(0, -(signal.SIGRTMIN + 3))) == f"worker 0 was killed by signal {signal.SIGRTMIN + 3}"
 
 
 def _when_pids_written(folder, workers, action, seconds=DEADLINE_S):

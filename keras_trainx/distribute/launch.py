@@ -47,7 +47,11 @@ class WorkerExit:
     def __str__(self) -> str:
         """`"worker 1 exited with status 3"` or `"worker 1 was killed by SIGKILL"`."""
         if self.status < 0:
-            return f"worker {self.index} was killed by {signal.Signals(-self.status).name}"
+            try:
+                name = signal.Signals(-self.status).name
+            except ValueError:  # a real-time signal: no name
+                name = f"signal {-self.status}"
+            return f"worker {self.index} was killed by {name}"
         return f"worker {self.index} exited with status {self.status}"
 
 
