@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 import multiworker_worker as worker
+from keras_trainx.distribute import slurm
+from keras_trainx.distribute import strategy as distribute_strategy
 
 WORKER_SCRIPT = pathlib.Path(worker.__file__)
 REPOSITORY = WORKER_SCRIPT.parent.parent
@@ -37,25 +39,33 @@ def _free_ports(count):
 
 
 def _worker_environment(cluster, index):
+    return _plain_environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+
+
+def _plain_environment(**variables):
+    """This process's environment without TPU, cluster or Slurm variables, on the CPU, with `variables`."""
     environment = dict(os.environ)
-    for name in ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_CONFIG", "COLAB_TPU_ADDR"):
+    for name in ("TF_CONFIG",) + distribute_strategy._TPU_ENVIRONMENT + slurm.SRUN_VARIABLES:
         environment.pop(name, None)
     environment.update(
-        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         CUDA_VISIBLE_DEVICES="-1",
         KERAS_BACKEND="tensorflow",
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
     )
+    environment.update(variables)
     return environment
 
 
-def _run_workers(outputs):
+def _run_workers(outputs, environments=None):
     """Starts one worker per output path; returns their stderr texts. Fails on error or deadline.
 
+    Worker i runs with `environments[i]`; by default, a TF_CONFIG of all workers on free ports.
     Each worker's stderr goes to a file next to its output (a pipe could fill up and block it).
     """
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(outputs))]}
+    if environments is None:
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(outputs))]}
+        environments = [_worker_environment(cluster, index) for index in range(len(outputs))]
     log_paths = [pathlib.Path(output).with_suffix(".log") for output in outputs]
     processes = []
     try:
@@ -64,7 +74,7 @@ def _run_workers(outputs):
                 processes.append(
                     subprocess.Popen(
                         [sys.executable, str(WORKER_SCRIPT), str(output)],
-                        env=_worker_environment(cluster, index),
+                        env=environments[index],
                         cwd=REPOSITORY,
                         stdout=subprocess.DEVNULL,
                         stderr=log,

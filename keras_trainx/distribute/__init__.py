@@ -1,6 +1,8 @@
 """`tf.distribute` for Keras users: `auto_strategy()` picks the strategy for this process (TPU,
 multi-worker, several GPUs or one device), and the helpers that go with it give the global batch,
-the linear learning-rate scaling rule and a `tf.data` input with static shapes."""
+the linear learning-rate scaling rule and a `tf.data` input with static shapes. Its modules `slurm`
+(the cluster of an `srun` step, which `auto_strategy()` reads) and `launch` (worker processes on one
+machine, behind `keras-trainx launch`) start the workers of a multi-worker run."""
 
 from keras_trainx.distribute.inputs import global_batch_size, input_dataset, scale_learning_rate
 from keras_trainx.distribute.strategy import auto_strategy
