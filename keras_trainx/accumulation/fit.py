@@ -16,6 +16,7 @@ from keras_trainx import compat
 from keras_trainx.accumulation.window import WindowStep
 from keras_trainx.accumulation.loss_normalization import loss_reduction
 from keras_trainx.data.epochs import epoch_callbacks
+from keras_trainx.distribute.sharding import sharded_input
 from keras_trainx.accumulation.noise_scale import GradientNoiseScale
 from keras_trainx.schedules.accumulation import AccumulationSchedule, as_accumulation_schedule
 from keras_trainx.validation import check_choice, check_int
@@ -112,6 +113,9 @@ def fit_accumulated(
     fit_kwargs["callbacks"] = _with_callbacks(callbacks, added)
     if sequence_callbacks and getattr(x, "shuffle", False):
         fit_kwargs["shuffle"] = False  # the sequence orders its batches by (seed, epoch) itself
+    sharded = sharded_input(x, model.distribute_strategy, fit_kwargs.get("class_weight"))
+    if sharded is not x:
+        x, fit_kwargs["shuffle"] = sharded, False  # each worker builds its share of the sequence's batches
     noise_scales = [c for c in listed if isinstance(c, GradientNoiseScale)]
     if noise_scales and max(schedule.factors) < 2:
         raise ValueError(
