@@ -19,7 +19,7 @@ on the cores, and measures those quantities where it can:
   again); the BERT-base step time is not measured but derived: 6 x parameters x tokens FLOPs (Kaplan
   et al. 2020) for a micro-batch of 32 sequences of 128 tokens at a stated 125 TFLOP/s sustained
   (about 40% of an A100's bf16 peak). Pass your own with `--digits-step-ms` / `--bert-step-ms`.
-- `--measure` (about two minutes on 2 cores): trains the digits CNN with `fit_accumulated` on an
+- `--measure` (3.3 minutes on the loaded 2-core machine): trains the digits CNN with `fit_accumulated` on an
   `AugmentedSequence` of the 1,437 training digits (batch 64, accum_steps 2, 2 epochs) in one
   process alone and on W = 2 worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy), and prints
   per worker: transform calls (and their ratio to one process's), updates per epoch, parameters and
@@ -43,8 +43,8 @@ ACCUM_STEPS = (1, 8)
 LATENCY_S = 50e-6
 DIGITS_FILTERS = (32, 32, 64, 64, 128, 128)
 DIGITS_MICRO_BATCH = 64
-#: Measured with `--measure` on this project's 2-core machine (loaded), one process, batch 64.
-DIGITS_STEP_MS = 40.0
+#: Measured with `--measure` on this project's 2-core machine (loaded), one process, batch 64, input included.
+DIGITS_STEP_MS = 103.5
 BERT_SEQUENCES, BERT_TOKENS = 32, 128
 BERT_FLOPS_PER_S = 125e12
 MEASURE_EPOCHS, MEASURE_BATCH, MEASURE_ACCUM = 2, 64, 2
@@ -222,12 +222,12 @@ def measure():
     assert alone["trainable"] == digits_cnn_parameters(), (alone["trainable"], digits_cnn_parameters())
     print(f"Digits CNN, {MEASURE_EPOCHS} epochs of 1,437 images, batch {MEASURE_BATCH}, "
           f"accum_steps {MEASURE_ACCUM}, input sharded:")
-    print("| run | replicas | transform calls | vs one process | updates per epoch | bytes all-reduced per update |")
+    print("| run | replicas | transform calls | vs one process | updates per epoch | gradient bytes per update (4 x parameters) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, result in [("one process", alone)] + [(f"worker {i} of 2", r) for i, r in enumerate(pair)]:
         print(f"| {name} | {result['replicas']} | {result['calls']} | {result['calls'] / alone['calls']:.3f} | "
               f"{result['updates'] / MEASURE_EPOCHS:g} | {4 * result['trainable']:,} |")
-    print(f"\nOne process's micro-step (batch {MEASURE_BATCH}, last epoch): {alone['step_ms']:.1f} ms")
+    print(f"\nOne process's micro-step (batch {MEASURE_BATCH}, input included, last epoch): {alone['step_ms']:.1f} ms")
     return alone["step_ms"]
 
 

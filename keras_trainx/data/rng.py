@@ -10,6 +10,7 @@ same seed.
 """
 
 import random
+from typing import Any
 
 import numpy as np
 
@@ -70,10 +71,11 @@ class SampleStreams:
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.generator = np.random.Generator(np.random.PCG64())
+        self._bit_generator = np.random.PCG64()
+        self.generator = np.random.Generator(self._bit_generator)
         self.python_random = random.Random()
         self._epoch = -1
-        self._epoch_state: dict = {}
+        self._epoch_state: Any = None
 
     def move_to(self, epoch: int, sample: int) -> None:
         """Sets both generators to the start of sample `sample`'s streams in epoch `epoch`.
@@ -86,9 +88,8 @@ class SampleStreams:
             sequence = np.random.SeedSequence(self.seed, spawn_key=(_AUGMENT_STREAM, epoch))
             self._epoch_state = np.random.PCG64(sequence).state
             self._epoch = epoch
-        bit_generator = self.generator.bit_generator
-        bit_generator.state = self._epoch_state
-        bit_generator.advance(sample * _SAMPLE_STRIDE)
+        self._bit_generator.state = self._epoch_state
+        self._bit_generator.advance(sample * _SAMPLE_STRIDE)
         self.python_random.seed(int(self.generator.integers(2**63)))
 
 
