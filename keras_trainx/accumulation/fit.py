@@ -54,7 +54,10 @@ def fit_accumulated(
     one `apply_gradients` all-reduces once (under `tf.distribute`, build and compile the model under
     `strategy.scope()`). An `AugmentedSequence` given as `x` is told each epoch's number, and orders
     its batches itself (Keras' batch shuffle, from Python's global `random`, is not added), so a
-    resumed run sees the same batches. A `keras.callbacks.BackupAndRestore(save_freq=n)` run that
+    resumed run sees the same batches; under a multi-worker strategy with one replica per worker,
+    each worker loads and augments only its share of every global batch of such a sequence (or of
+    its `to_tf_dataset()`), and the replicas see one process's batches
+    (`keras_trainx.distribute.shard_sequence`). A `keras.callbacks.BackupAndRestore(save_freq=n)` run that
     is interrupted inside an epoch resumes after the last saved window instead of repeating the
     epoch's first windows, as `Model.fit` does. A `keras_trainx.planning.GradientNoiseScale`
     callback makes every update also estimate the gradient noise scale.

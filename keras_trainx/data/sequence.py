@@ -257,10 +257,10 @@ class AugmentedSequence(keras.utils.PyDataset):
 
     def _thread_pipeline(self) -> tuple[Any, SampleStreams]:
         """This thread's copy of the pipeline and its random streams (set per sample)."""
-        pipeline = getattr(self._local, "pipeline", None)
-        if pipeline is None:
-            pipeline = self._local.pipeline = copy.deepcopy(self.pipeline), SampleStreams(self.seed)
-        return pipeline
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = copy.deepcopy(self.pipeline), SampleStreams(self.seed)
+        return state
 
     def batch_indices(self, index: int, epoch: int | None = None) -> np.ndarray:
         """The sample indices (into `x`) of batch `index` of `epoch` (the current epoch by default)."""
@@ -426,7 +426,9 @@ class AugmentedSequence(keras.utils.PyDataset):
         is deleted. `fit_accumulated` keeps the pass's epoch equal to `fit`'s; with `Model.fit`, add
         `callbacks=[seq.epoch_callback()]` for the same (needed for resumed runs and under a
         distribution strategy, whose first look at the data is a pass of its own). Needs
-        `drop_remainder=True` when the last batch would be partial.
+        `drop_remainder=True` when the last batch would be partial. Under a multi-worker strategy,
+        `fit_accumulated` gives each worker a dataset of its share of every batch instead
+        (`keras_trainx.distribute.shard_sequence`; this dataset's batches are then not read).
 
         Args:
             prefetch: batches to prefetch (`tf.data.AUTOTUNE` by default); 0 prefetches none.
