@@ -57,8 +57,9 @@ def _plain_environment(**variables):
     return environment
 
 
-def _run_workers(outputs, environments=None):
-    """Starts one worker per output path; returns their stderr texts. Fails on error or deadline.
+def _run_workers(outputs, environments=None, script=WORKER_SCRIPT, arguments=(), deadline_s=DEADLINE_S):
+    """Starts one `script OUTPUT *arguments` per output path; returns their stderr texts. Fails on
+    error or after `deadline_s` seconds.
 
     Worker i runs with `environments[i]`; by default, a TF_CONFIG of all workers on free ports.
     Each worker's stderr goes to a file next to its output (a pipe could fill up and block it).
@@ -73,14 +74,14 @@ def _run_workers(outputs, environments=None):
             with open(log_path, "w") as log:
                 processes.append(
                     subprocess.Popen(
-                        [sys.executable, str(WORKER_SCRIPT), str(output)],
+                        [sys.executable, str(script), str(output), *map(str, arguments)],
                         env=environments[index],
                         cwd=REPOSITORY,
                         stdout=subprocess.DEVNULL,
                         stderr=log,
                     )
                 )
-        deadline = time.monotonic() + DEADLINE_S
+        deadline = time.monotonic() + deadline_s
         while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
             if any(p.poll() not in (None, 0) for p in processes):
                 break  # one failed: the other would wait for it forever
@@ -96,7 +97,7 @@ def _run_workers(outputs, environments=None):
         report = "\n".join(
             f"--- worker {i} (exit {code}) ---\n{log[-6000:]}" for i, (code, log) in enumerate(zip(codes, logs))
         )
-        pytest.fail(f"workers did not finish cleanly within {DEADLINE_S} s:\n{report}")
+        pytest.fail(f"workers did not finish cleanly within {deadline_s} s:\n{report}")
     return logs
 
 

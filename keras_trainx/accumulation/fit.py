@@ -16,6 +16,7 @@ from keras_trainx import compat
 from keras_trainx.accumulation.window import WindowStep
 from keras_trainx.accumulation.loss_normalization import loss_reduction
 from keras_trainx.data.epochs import epoch_callbacks
+from keras_trainx.distribute.sharding import sharded_input
 from keras_trainx.accumulation.noise_scale import GradientNoiseScale
 from keras_trainx.schedules.accumulation import AccumulationSchedule, as_accumulation_schedule
 from keras_trainx.validation import check_choice, check_int
@@ -53,7 +54,10 @@ def fit_accumulated(
     one `apply_gradients` all-reduces once (under `tf.distribute`, build and compile the model under
     `strategy.scope()`). An `AugmentedSequence` given as `x` is told each epoch's number, and orders
     its batches itself (Keras' batch shuffle, from Python's global `random`, is not added), so a
-    resumed run sees the same batches. A `keras.callbacks.BackupAndRestore(save_freq=n)` run that
+    resumed run sees the same batches; under a multi-worker strategy with one replica per worker,
+    each worker loads and augments only its share of every global batch of such a sequence (or of
+    its `to_tf_dataset()`), and the replicas see one process's batches
+    (`keras_trainx.distribute.shard_sequence`). A `keras.callbacks.BackupAndRestore(save_freq=n)` run that
     is interrupted inside an epoch resumes after the last saved window instead of repeating the
     epoch's first windows, as `Model.fit` does. A `keras_trainx.planning.GradientNoiseScale`
     callback makes every update also estimate the gradient noise scale.
@@ -112,6 +116,9 @@ def fit_accumulated(
     fit_kwargs["callbacks"] = _with_callbacks(callbacks, added)
     if sequence_callbacks and getattr(x, "shuffle", False):
         fit_kwargs["shuffle"] = False  # the sequence orders its batches by (seed, epoch) itself
+    sharded = sharded_input(x, model.distribute_strategy, fit_kwargs.get("class_weight"))
+    if sharded is not x:
+        x, fit_kwargs["shuffle"] = sharded, False  # each worker builds its share of the sequence's batches
     noise_scales = [c for c in listed if isinstance(c, GradientNoiseScale)]
     if noise_scales and max(schedule.factors) < 2:
         raise ValueError(

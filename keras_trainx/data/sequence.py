@@ -15,7 +15,7 @@ from keras_trainx.compat import signature_batches
 from keras_trainx.data import loaders
 from keras_trainx.data.epochs import EpochCallback, remember_dataset
 from keras_trainx.data.pipeline import build_pipeline
-from keras_trainx.data.rng import batch_random_state, check_seed, epoch_permutation
+from keras_trainx.data.rng import SampleStreams, check_seed, epoch_permutation
 from keras_trainx.data.sources import as_source
 from keras_trainx.data.targets import BatchTargets, Targets
 from keras_trainx.data.tf_dataset import batch_dataset, check_prefetch
@@ -25,10 +25,12 @@ from keras_trainx.validation import check_bool, check_int
 class AugmentedSequence(keras.utils.PyDataset):
     """Batches of images augmented with albumentations, reproducible with any number of workers.
 
-    The augmentation of a batch is a pure function of `(seed, epoch, batch index)`: one NumPy
+    The augmentation of a sample is a pure function of `(seed, epoch, sample index)`: one NumPy
     `Generator` and one `random.Random` are derived from them and shared by all transforms of the
     pipeline (`Compose.set_random_state`), so transform decisions are independent of each other,
-    thread or process workers reproduce the single-process batches exactly, and epochs differ.
+    thread or process workers reproduce the single-process batches exactly, the workers of a
+    multi-worker run each augment only their share of a batch (`keras_trainx.data.shard`) and get
+    the single-process samples, and epochs differ.
     The sequence serves the epoch it is told: `set_epoch(e)`, or Keras' hooks, where `on_epoch_end()`
     advances the epoch (and reshuffles when `shuffle`) after an epoch that `on_epoch_begin()` opened
     or whose batches `seq[i]` served (see `on_epoch_end()`). Both loop idioms get epochs 0, 1, 2, ...:
@@ -253,12 +255,12 @@ class AugmentedSequence(keras.utils.PyDataset):
             self._orders = {epoch: order, **{e: o for e, o in self._orders.items() if e == epoch - 1}}
         return order
 
-    def _thread_pipeline(self) -> Any:
-        """This thread's copy of the pipeline (the random state is set per batch)."""
-        pipeline = getattr(self._local, "pipeline", None)
-        if pipeline is None:
-            pipeline = self._local.pipeline = copy.deepcopy(self.pipeline)
-        return pipeline
+    def _thread_pipeline(self) -> tuple[Any, SampleStreams]:
+        """This thread's copy of the pipeline and its random streams (set per sample)."""
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = copy.deepcopy(self.pipeline), SampleStreams(self.seed)
+        return state
 
     def batch_indices(self, index: int, epoch: int | None = None) -> np.ndarray:
         """The sample indices (into `x`) of batch `index` of `epoch` (the current epoch by default)."""
@@ -312,12 +314,39 @@ class AugmentedSequence(keras.utils.PyDataset):
         >>> seq.build_batch(0, 1, lambda shape, dtype: buffer)[0] is buffer, int(buffer.sum())
         (True, 24)
         """
-        ids = self.batch_indices(index, epoch)
-        pipeline = self._thread_pipeline()
-        pipeline.set_random_state(*batch_random_state(self.seed, epoch, index))
+        return self.build_samples(epoch, self.batch_indices(index, epoch), empty)
+
+    def build_samples(self, epoch: int, ids: np.ndarray,
+                      empty: Callable[[tuple, np.dtype], np.ndarray]) -> tuple:
+        """The batch of samples `ids` of epoch `epoch`, as `build_batch` returns a batch.
+
+        Each sample's augmentation is a pure function of `(seed, epoch, sample index)`, so any subset
+        of a batch (a worker's share of it, see `keras_trainx.data.shard`) holds the samples the
+        whole batch holds.
+
+        Args:
+            epoch: non-negative int.
+            ids: a non-empty int array of sample indices (into `x`).
+            empty: as in `build_batch`.
+
+        Returns:
+            The batch of those samples, in that order.
+
+        Example:
+
+        >>> import albumentations as A
+        >>> seq = AugmentedSequence(np.arange(48, dtype=np.uint8).reshape(4, 2, 2, 3), batch_size=4,
+        ...                         transform=[A.HorizontalFlip(p=0.5)], seed=0, shuffle=False)
+        >>> part = seq.build_samples(1, np.array([2, 3]), np.empty)[0]
+        >>> bool((part == seq.epoch_batch(1, 0)[0][2:]).all())
+        True
+        """
+        pipeline, streams = self._thread_pipeline()
         collected = BatchTargets(self.targets, len(ids))
         images = None
         for j, i in enumerate(ids):
+            streams.move_to(epoch, int(i))
+            pipeline.set_random_state(streams.generator, streams.python_random)
             image = self.images[i]
             output = pipeline(image=image, **self.targets.inputs(i, image, self.images.describe))
             result = output["image"]
@@ -397,7 +426,9 @@ class AugmentedSequence(keras.utils.PyDataset):
         is deleted. `fit_accumulated` keeps the pass's epoch equal to `fit`'s; with `Model.fit`, add
         `callbacks=[seq.epoch_callback()]` for the same (needed for resumed runs and under a
         distribution strategy, whose first look at the data is a pass of its own). Needs
-        `drop_remainder=True` when the last batch would be partial.
+        `drop_remainder=True` when the last batch would be partial. Under a multi-worker strategy,
+        `fit_accumulated` gives each worker a dataset of its share of every batch instead
+        (`keras_trainx.distribute.shard_sequence`; this dataset's batches are then not read).
 
         Args:
             prefetch: batches to prefetch (`tf.data.AUTOTUNE` by default); 0 prefetches none.
@@ -412,15 +443,7 @@ class AugmentedSequence(keras.utils.PyDataset):
                 f"{self.batch_size} leave a last batch of {self.num_samples % self.batch_size}; build the "
                 f"sequence with drop_remainder=True (or a batch_size that divides {self.num_samples})."
             )
-        if self.use_multiprocessing:
-            from keras_trainx.data.process_pool import ProcessBatches
-
-            # tf.data asks for up to two batches per worker at once; ProcessBatches itself queues the
-            # batches that follow each request, so that a worker never waits for tf.data
-            source, parallel_calls = ProcessBatches(self), 2 * self.workers
-        else:
-            source, parallel_calls = self, self.workers
-        dataset = batch_dataset(source, parallel_calls=parallel_calls, prefetch=prefetch)
+        dataset = workers_dataset(self, prefetch=prefetch)
         remember_dataset(dataset, self)
         return dataset
 
@@ -439,6 +462,28 @@ class AugmentedSequence(keras.utils.PyDataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+
+
+def workers_dataset(source: Any, *, prefetch: int, static_batch: bool = True) -> tf.data.Dataset:
+    """The `batch_dataset` of `source`, its batches built by `source.workers` threads, or worker
+    processes with `source.use_multiprocessing` (`keras_trainx.data.process_pool`).
+
+    Args:
+        source: a batch source (see `batch_dataset`) with `workers`, `use_multiprocessing` and
+            `build_batch(epoch, index, empty)`: an `AugmentedSequence` or a shard of one.
+        prefetch, static_batch: as in `batch_dataset`.
+
+    Returns:
+        A `tf.data.Dataset`.
+    """
+    if source.use_multiprocessing:
+        from keras_trainx.data.process_pool import ProcessBatches
+
+        # tf.data asks for up to two batches per worker at once; ProcessBatches itself queues the
+        # batches that follow each request, so that a worker never waits for tf.data
+        return batch_dataset(ProcessBatches(source), parallel_calls=2 * source.workers, prefetch=prefetch,
+                             static_batch=static_batch)
+    return batch_dataset(source, parallel_calls=source.workers, prefetch=prefetch, static_batch=static_batch)
 
 
 def _check_class_names(class_names: Any, num_classes: int | None, y: Any) -> list[str]:
