@@ -19,6 +19,7 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras
 
@@ -112,16 +113,16 @@ CASES = [
     # steps beyond the optimizer's int64 counter (issue #26: TensorFlow failed without naming the argument,
     # or the step wrapped round to a negative one and the schedule gave its first rate)
     (lambda: schedules.WarmUp(0.1, warmup_steps=2**63), ValueError,
-     "`warmup_steps` must be an int >= 0 and <= 9223372036854775807; received warmup_steps=9223372036854775808. "
+     "`warmup_steps` must be <= 2**63 - 1 (9223372036854775807); received warmup_steps=9223372036854775808. "
      + INT64_STEPS),
     (lambda: schedules.MultiStepDecay(0.1, [10, 2**63]), ValueError,
-     "`milestones[1]` must be an int >= 1 and <= 9223372036854775807; received "
+     "`milestones[1]` must be <= 2**63 - 1 (9223372036854775807); received "
      "milestones[1]=9223372036854775808. " + INT64_STEPS),
     (lambda: OneCycle(0.1, 2**63), ValueError,
-     "`total_steps` must be an int >= 2 and <= 9223372036854775807; received total_steps=9223372036854775808. "
+     "`total_steps` must be <= 2**63 - 1 (9223372036854775807); received total_steps=9223372036854775808. "
      + INT64_STEPS),
     (lambda: Restarts(2**63), ValueError,
-     "`first_cycle_steps` must be an int >= 1 and <= 9223372036854775807; received "
+     "`first_cycle_steps` must be <= 2**63 - 1 (9223372036854775807); received "
      "first_cycle_steps=9223372036854775808. " + INT64_STEPS),
     (lambda: OneCycle(0.1, 100)(2**63), ValueError,
      "`step` must be <= 2**63 - 1 (9223372036854775807); received step=9223372036854775808. " + INT64_STEPS),
@@ -215,6 +216,41 @@ CASES = [
     (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps={0: 2, 3: 0}),
      ValueError, "`scheduling[3]` must be an int >= 1; received scheduling[3]=0. Values are micro-batches per "
      "update."),
+    # what Model.fit accepts silently with a wrong result (issue #26): no samples (an empty History, no
+    # training), a validation_split outside [0, 1) (1.5 holds out the last half), class_weight keys no label
+    # can match (ignored)
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((0, 2)), np.zeros((0, 1)), accum_steps=2),
+     ValueError, "x holds 0 samples (an array of shape (0, 2)): there is nothing to train on (model.fit would "
+                 "return an empty History without training). Pass at least one sample."),
+    (lambda: keras_trainx.fit_accumulated(_model(), {"x": np.zeros((4, 2))}, [np.zeros((0,))], accum_steps=2),
+     ValueError, "y holds 0 samples (an array of shape (0,)): there is nothing to train on (model.fit would "
+                 "return an empty History without training). Pass at least one sample."),
+    (lambda: keras_trainx.fit_accumulated(
+        _model(), tf.data.Dataset.from_tensor_slices((np.zeros((0, 2)), np.zeros(0))).batch(2), accum_steps=2),
+     ValueError, "x is a tf.data.Dataset without a single batch: there is nothing to train on (model.fit would "
+                 "return an empty History without training). Pass a dataset that yields batches."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          validation_split=1.5),
+     ValueError, "`validation_split` must be a number >= 0.0 and < 1.0; received validation_split=1.5. It is the "
+                 "fraction of the samples (the last ones) held out for validation, e.g. 0.2; model.fit would "
+                 "split elsewhere without a word (1.5 holds out the last half, a negative value nothing)."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          class_weight={"1": 2.0}),
+     ValueError, "`class_weight` keys must be class indices (ints); received the key '1' of type str, which no "
+                 "label matches: model.fit would ignore it. Key the weights by the labels' integer values (for "
+                 "one-hot labels, the column)."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          class_weight={0.5: 2.0}),
+     ValueError, "`class_weight` keys must be class indices (ints); received the key 0.5 of type float, which no "
+                 "label matches: model.fit would ignore it. Key the weights by the labels' integer values (for "
+                 "one-hot labels, the column)."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          class_weight={0: 1.0, 1: NAN}),
+     ValueError, "`class_weight[1]` must be a finite number; received class_weight[1]=nan."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          class_weight=[1.0, 2.0]),
+     TypeError, "`class_weight` must be a dict of class index -> weight; received class_weight=[1.0, 2.0] of "
+                "type list."),
     # AugmentedSequence's class names
     (lambda: AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 3, num_classes=3,
                                class_names=["a", "b"]), ValueError,

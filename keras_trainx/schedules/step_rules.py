@@ -37,9 +37,12 @@ def check_step_count(name: str, value: Any, *, minimum: int) -> int:
     >>> check_step_count("warmup_steps", 2**63, minimum=0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: `warmup_steps` must be an int >= 0 and <= 9223372036854775807; received warmup_steps=... 2**63 - 1.
+    ValueError: `warmup_steps` must be <= 2**63 - 1 (9223372036854775807); received warmup_steps=... 2**63 - 1.
     """
-    return check_int(name, value, minimum=minimum, maximum=MAX_STEP, hint=_BEYOND_INT64)
+    value = check_int(name, value, minimum=minimum)
+    if value > MAX_STEP:
+        raise ValueError(f"`{name}` must be <= 2**63 - 1 ({MAX_STEP}); received {name}={value}. {_BEYOND_INT64}")
+    return value
 
 
 def valid_step(step: Any) -> Any:
