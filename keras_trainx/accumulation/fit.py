@@ -81,6 +81,12 @@ def fit_accumulated(
             other than `loss`).
         **fit_kwargs: any argument of `Model.fit`. `batch_size` and `steps_per_epoch` count
             micro-batches; `compile(steps_per_execution=k)` runs `k` updates per compiled call.
+            Refused where `Model.fit` accepts them with a wrong result: `x`/`y` with 0 samples, a
+            `validation_split` outside [0, 1), `class_weight` keys that no label can match.
+
+    Raises:
+        KeyboardInterrupt: also when one is raised inside a generator or `PyDataset` (`Model.fit`
+            raises `tf.errors.UnknownError` then).
 
     Returns:
         The `keras.callbacks.History` of `Model.fit`.

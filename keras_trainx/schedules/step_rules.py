@@ -54,7 +54,7 @@ def valid_step(step: Any) -> Any:
     [0.0, 4.0, 0.0, 2.5]
     """
     if isinstance(step, numbers.Integral) and not isinstance(step, bool):
-        if step > MAX_STEP:
+        if int(step) > MAX_STEP:
             raise ValueError(f"`step` must be <= 2**63 - 1 ({MAX_STEP}); received step={step}. {_BEYOND_INT64}")
         step = max(int(step), 0)  # also below int64's range, where no tensor holds it
     if isinstance(step, np.ndarray) and step.dtype.kind == "u" and (step > MAX_STEP).any():
