@@ -1,4 +1,5 @@
-"""Every rejected value of the public entry points of schedules, distribute, saving and the demo.
+"""Every rejected value of the public entry points of schedules, hard_mish, fit_accumulated, distribute,
+saving and the demo.
 
 (Data arguments: tests/test_data_arguments.py; the command line: tests/test_cli_errors.py.)
 
