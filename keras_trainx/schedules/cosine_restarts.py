@@ -4,6 +4,7 @@ import math
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_trainx.schedules.step_rules import FLOAT32_MAX, MAX_STEP, check_step_count, saturated_rate, valid_step
@@ -88,6 +89,11 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
             )
         self.gamma = check_float("gamma", gamma, minimum=0.0, exclusive_minimum=True)
         self._starts, self._lengths = self._cycle_table()
+        # the table as a call reads it: a length past MAX_STEP only ever holds steps below it, so MAX_STEP
+        # stands for it in the division; the cosine parts' lengths, float64, divide the position
+        self._table = (np.array(self._starts, np.int64),
+                       np.array([min(length, MAX_STEP) for length in self._lengths], np.int64),
+                       np.array([float(length - self.warmup_steps) for length in self._lengths], np.float64))
 
     def _cycle_table(self) -> tuple[list[int], list[int]]:
         """Start and length of every cycle starting up to `MAX_STEP` (`MAX_CYCLES` at most); the last one's
@@ -102,18 +108,14 @@ class CosineAnnealingWarmupRestarts(keras.optimizers.schedules.LearningRateSched
         return starts, lengths
 
     def _locate(self, step: Any) -> tuple[Any, Any, Any]:
-        """Returns (cycle index, position in the cycle, length of the cycle's cosine part) of `step`.
+        """Returns (cycle, (position, fraction), length of the cycle's cosine part) of `step`.
 
-        The cycle and the whole steps of the position are int64 tensors, counted exactly at every step
-        up to `MAX_STEP`; a float step's fraction beyond its whole steps is added to the position, a
-        float64 tensor, and the cosine part's length is a float64 tensor.
+        The cycle and the position (whole steps into the cycle) are int64 tensors, exact at every step
+        up to `MAX_STEP`; the fraction a float step has beyond its whole steps and the cosine part's
+        length are float64 tensors.
         """
         whole, fraction = _whole_and_fraction(step)
-        starts = ops.convert_to_tensor(self._starts, "int64")
-        # a length past MAX_STEP only ever holds steps below it: MAX_STEP stands for it in the division
-        lengths = ops.convert_to_tensor([min(length, MAX_STEP) for length in self._lengths], "int64")
-        cosine_lengths = ops.convert_to_tensor([float(length - self.warmup_steps) for length in self._lengths],
-                                               "float64")
+        starts, lengths, cosine_lengths = (ops.convert_to_tensor(column) for column in self._table)
         index = ops.sum(ops.cast(starts <= whole, "int32")) - 1
         start, length = ops.take(starts, index), ops.take(lengths, index)
         repeats = ops.floor_divide(whole - start, length)  # 0 except past the table's last start
