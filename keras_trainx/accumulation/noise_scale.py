@@ -9,9 +9,9 @@ two batch sizes: each micro-batch's (`b_i` samples) and the window's (`B`). Sinc
     a = mean_i |g_i|^2,  h = mean_i 1/b_i
     tr(Sigma) = (a - |G_B|^2) / (h - 1/B),     |G|^2 = |G_B|^2 - tr(Sigma) / B
 
-Each update yields one estimate of each; they are smoothed separately with a bias-corrected
-exponential moving average, and `B_simple` is the ratio of the smoothed values (a ratio of noisy
-estimates averaged would be biased). Under `tf.distribute` each replica estimates from its own
+Each (measured) update yields one estimate of each; they are smoothed separately with a
+bias-corrected exponential moving average, and `B_simple` is the ratio of the smoothed values (a ratio
+of noisy estimates averaged would be biased). Under `tf.distribute` each replica estimates from its own
 micro-batches and its own share of the window (no extra communication); the estimates are averaged
 over replicas, so they stay unbiased, at a smaller small batch than on one device.
 """
@@ -31,12 +31,12 @@ class GradientNoiseScale(keras.callbacks.Callback):
     Pass it in `callbacks` of `keras_trainx.fit_accumulated` with `accum_steps >= 2`: every
     `every`-th update then also computes the squared norms of its micro-batch gradients and of its
     window gradient, and each epoch's logs (so `History`) gain `gradient_noise_scale`, the smoothed
-    `tr(Sigma) / |G|^2` at the epoch's end. That costs nothing measurable on a compute-bound model
-    and about 5-10% of the training time on a small, dispatch-bound one at `every=1`; `every=n`
-    divides the cost by about n. Compare it
-    with the effective batch: well below `B_simple`, doubling the batch nearly halves the updates
-    an epoch of progress needs; well above it, larger batches mostly waste samples. `inf` means the
-    smoothed `|G|^2` is not positive yet (the noise hides the gradient).
+    `tr(Sigma) / |G|^2` at the epoch's end. The statistics add a few small ops per micro-step and
+    per update: lost in the arithmetic of a compute-bound model, a few percent of the time of a
+    small, dispatch-bound one (docs/benchmarks.md); `every=n` runs them in one update of n.
+    Compare `B_simple` with the effective batch: well below `B_simple`, doubling the batch nearly
+    halves the updates an epoch of progress needs; well above it, larger batches mostly waste
+    samples. `inf` means the smoothed `|G|^2` is not positive yet (the noise hides the gradient).
 
     Args:
         smoothing: the moving average's decay per measured update, in [0, 1). 0 reports the last
