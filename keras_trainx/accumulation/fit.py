@@ -332,7 +332,7 @@ class _TrainFunction:
 
     def __call__(self, iterator: Any) -> dict:
         if self._window is None:  # the model is built by now: Keras builds it before the first call
-            self._window = WindowStep.for_model(self.model, self.apply_partial, bool(self.noise_scales))
+            self._window = WindowStep.for_model(self.model, self.apply_partial)
         window = self._window
         position = self.position
         accum_steps = position.accum_steps
@@ -350,7 +350,8 @@ class _TrainFunction:
                 processed = window.skip(iterator, length)
                 logs = self.model.get_metrics_result()
             else:
-                processed, logs, statistics = window(iterator, length)
+                measure = any(noise_scale.measures_next() for noise_scale in self.noise_scales)
+                processed, logs, statistics = window(iterator, length, measure)
                 if processed:
                     for noise_scale in self.noise_scales:
                         noise_scale.update(statistics, window.statistics)

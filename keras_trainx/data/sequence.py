@@ -256,10 +256,16 @@ class AugmentedSequence(keras.utils.PyDataset):
         return order
 
     def _thread_pipeline(self) -> tuple[Any, SampleStreams]:
-        """This thread's copy of the pipeline and its random streams (set per sample)."""
+        """This thread's copy of the pipeline and its random streams (moved to each sample in place).
+
+        The pipeline is given the streams' two generators once: `Compose.set_random_state` only keeps
+        references to them, and `SampleStreams.move_to` changes their state, not the objects.
+        """
         state = getattr(self._local, "state", None)
         if state is None:
-            state = self._local.state = copy.deepcopy(self.pipeline), SampleStreams(self.seed)
+            pipeline, streams = copy.deepcopy(self.pipeline), SampleStreams(self.seed)
+            pipeline.set_random_state(streams.generator, streams.python_random)
+            state = self._local.state = pipeline, streams
         return state
 
     def batch_indices(self, index: int, epoch: int | None = None) -> np.ndarray:
@@ -346,7 +352,6 @@ class AugmentedSequence(keras.utils.PyDataset):
         images = None
         for j, i in enumerate(ids):
             streams.move_to(epoch, int(i))
-            pipeline.set_random_state(streams.generator, streams.python_random)
             image = self.images[i]
             output = pipeline(image=image, **self.targets.inputs(i, image, self.images.describe))
             result = output["image"]
