@@ -33,7 +33,9 @@ import tensorflow as tf
 from keras_trainx import compat
 from keras_trainx.accumulation.accumulators import Accumulators, unscaled
 from keras_trainx.accumulation.loss_divisor import recording_loss_divisor
-from keras_trainx.accumulation.loss_normalization import DIVISOR, ONE, SAMPLES, loss_reduction, split_loss
+from keras_trainx.accumulation.input_dependence import depends_on_inputs, traced_dependence
+from keras_trainx.accumulation.loss_normalization import (ACTIVITY, BATCH_SUM, DIVISOR, INPUT_FREE, ONE, SAMPLES,
+                                                          loss_reduction, split_loss)
 from keras_trainx.accumulation.window_metrics import WindowLossMetrics
 
 _WINDOW_STEPS: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
@@ -107,6 +109,8 @@ class WindowStep:
         self._compute_loss_has_training = (
             "training" in inspect.signature(model.compute_loss).parameters
         )
+        self._default_compute_loss = type(model).compute_loss is keras.Model.compute_loss
+        self._eager_dependence: list[bool] | None = None
         self.statistics = WindowStatistics(len(self._loss_metrics))
         self._sums = Accumulators(self.strategy, self._variables, self.statistics.size)
         self._function = self._make_function()
@@ -161,7 +165,7 @@ class WindowStep:
                 return tf.logical_and(step < num_steps, inputs.has_value())
 
             def body(step: tf.Tensor, inputs: Any) -> tuple[tf.Tensor, Any]:
-                self.strategy.run(micro_step, args=(inputs.get_value(), tf.equal(step, 0)))
+                self.strategy.run(micro_step, args=(inputs.get_value(), step))
                 following = tf.cond(step + 1 < num_steps, iterator.get_next_as_optional, lambda: inputs)
                 return step + 1, following
 
@@ -175,7 +179,7 @@ class WindowStep:
             applies = processed > 0
             if not self.apply_partial:
                 applies = tf.logical_and(applies, tf.equal(processed, num_steps))
-            totals = tf.cond(applies, lambda: self._apply(apply_step),
+            totals = tf.cond(applies, lambda: self._apply(apply_step, processed),
                              lambda: tf.zeros(self.statistics.size))
             return processed, model.get_metrics_result(), totals
 
@@ -183,13 +187,14 @@ class WindowStep:
             window = tf.function(window, reduce_retracing=True, autograph=False)
         return window
 
-    def _apply(self, apply_step: Callable) -> tf.Tensor:
-        totals = self.strategy.run(apply_step)
+    def _apply(self, apply_step: Callable, processed: tf.Tensor) -> tf.Tensor:
+        totals = self.strategy.run(apply_step, args=(processed,))
         return self.strategy.experimental_local_results(totals)[0]
 
-    def _micro_step(self, data: Any, first: tf.Tensor) -> None:
-        """Forward and backward pass of one micro-batch; adds its weighted gradients to the sums."""
+    def _micro_step(self, data: Any, step: tf.Tensor) -> None:
+        """Forward and backward pass of the window's micro-batch `step`; adds its weighted gradients."""
         model = self.model
+        first = tf.equal(step, 0)
         data = tf.nest.map_structure(
             lambda v: None if isinstance(v, tf.experimental.Optional) else v, data
         )
@@ -197,14 +202,18 @@ class WindowStep:
         batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         output_metric_states = self._loss_metrics.snapshot()
         optimizer = model.optimizer
-        with tf.GradientTape(persistent=len(self._sums.gradients) > 1) as tape:
+        # Run eagerly, the first micro-step may find a group the sums do not have yet.
+        persistent = len(self._sums.gradients) > 1 or tf.executing_eagerly()
+        with tf.GradientTape(persistent=persistent) as tape:
             with recording_loss_divisor() as recorded_divisors:
                 y_pred = model(x, training=True)
                 loss = self._compute_loss(x, y, y_pred, sample_weight)
             if self.reduction != "sum":
                 loss = compat.unscale_for_distribution(loss)
+            with tape.stop_recording():
+                added = self._added_losses(x)
             parts = split_loss(model, self.reduction, loss, y_pred, sample_weight, batch_size,
-                               first, recorded_divisors)
+                               first, recorded_divisors, added)
             missing = set(parts.groups) - set(self._sums.gradients)
             if missing and not tf.executing_eagerly():
                 raise _MissingGroups(missing)
@@ -215,10 +224,11 @@ class WindowStep:
         # Weighting by c_i happens on the unscaled float32 gradient, not inside the tape.
         unscale = _loss_scale(optimizer)
         micro_gradient: list[tf.Tensor | None] = [None] * len(self._variables)
+        tf.cond(tf.equal(step, 1), self._weigh_first, lambda: tf.constant(False))
         for group, (_, weight) in parts.groups.items():
             gradients = [unscaled(g, v.dtype, unscale) for g, v in
                          zip(tape.gradient(scaled[group], self._variables), self._variables)]
-            self._sums.add(group, gradients, weight)
+            self._sums.add(group, gradients, weight, step)
             if self.measure_noise:
                 dense = [None if g is None else tf.convert_to_tensor(g) for g in gradients]
                 micro_gradient = [g if m is None else (m if g is None else m + g)
@@ -230,7 +240,7 @@ class WindowStep:
             "divisor": parts.divisor,
             "samples": samples,
             "output_count": output_count,
-            "outputs": [parts.divisor * output_loss for output_loss in output_losses],
+            "outputs": [parts.groups[DIVISOR][1] * output_loss for output_loss in output_losses],
         }
         for group, name in ((DIVISOR, "divisor_loss"), (SAMPLES, "samples_loss"), (ONE, "one_loss")):
             if group in parts.groups:
@@ -243,6 +253,31 @@ class WindowStep:
         self._sums.statistics.assign_add(self.statistics.vector(**statistics))
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
+    def _added_losses(self, x: Any) -> list[tuple[tf.Tensor, str]]:
+        """The losses the layers added in the call on `x`, each with its kind (see `split_loss`).
+
+        Whether an `add_loss` term depends on `x` is read from the traced graph; run eagerly, the
+        forward pass is traced once for it (after this call's losses were taken).
+        """
+        if not self._default_compute_loss:
+            return []
+        added = compat.forward_losses(self.model)
+        terms = [loss for loss, from_activity in added if not from_activity]
+        if not terms:
+            return [(loss, ACTIVITY) for loss, _ in added]
+        if not tf.executing_eagerly():
+            dependence = depends_on_inputs(terms, x)
+        else:
+            if self._eager_dependence is None or len(self._eager_dependence) != len(terms):
+                self._eager_dependence = traced_dependence(self._forward_terms, x)
+            dependence = self._eager_dependence
+        kinds = iter([BATCH_SUM if depends else INPUT_FREE for depends in dependence])
+        return [(loss, ACTIVITY if from_activity else next(kinds)) for loss, from_activity in added]
+
+    def _forward_terms(self, x: Any) -> list[tf.Tensor]:
+        self.model(x, training=True)
+        return [loss for loss, from_activity in compat.forward_losses(self.model) if not from_activity]
+
     def _compute_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
         if self._compute_loss_has_training:
             return self.model.compute_loss(x, y, y_pred, sample_weight, training=True)
@@ -251,18 +286,24 @@ class WindowStep:
     def _zero_step(self) -> None:
         self._sums.zero()
 
-    def _apply_step(self) -> tf.Tensor:
-        """One optimizer update with the window's gradient sums over their global counts."""
+    def _weigh_first(self) -> tf.Tensor:
+        self._sums.weigh_first()
+        return tf.constant(True)
+
+    def _apply_step(self, processed: tf.Tensor) -> tf.Tensor:
+        """One optimizer update with the window's `processed` micro-steps' gradient sums over
+        their global counts."""
         names = self.statistics
         local = tf.identity(self._sums.statistics)
         if self.measure_noise:
-            local = self._with_noise_estimates(local)
+            local = self._with_noise_estimates(local, processed)
         totals = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
         divisor = tf.constant(1.0) if self.reduction == "sum" else totals[names.divisor]
         divisors = {DIVISOR: divisor, SAMPLES: totals[names.samples], ONE: tf.constant(1.0)}
         scale = _loss_scale(self.model.optimizer)
         pairs = [(gradient if scale is None else gradient * tf.cast(scale, gradient.dtype), variable)
-                 for gradient, variable in zip(self._sums.window_gradients(divisors), self._variables)
+                 for gradient, variable in zip(self._sums.window_gradients(divisors, processed),
+                                               self._variables)
                  if gradient is not None]
         if pairs:
             self.model.optimizer.apply_gradients(pairs)
@@ -273,7 +314,7 @@ class WindowStep:
                                   samples=local[names.samples], counted=local[names.output_count])
         return totals
 
-    def _with_noise_estimates(self, local: tf.Tensor) -> tf.Tensor:
+    def _with_noise_estimates(self, local: tf.Tensor, processed: tf.Tensor) -> tf.Tensor:
         """`local` with this replica's unbiased estimates of tr(Sigma) and |G|^2 in the noise entries.
 
         With `a` the mean of the micro-batch gradients' squared norms, `h` the mean of their
@@ -286,7 +327,7 @@ class WindowStep:
         samples = local[names.samples]
         divisor = tf.constant(1.0) if self.reduction == "sum" else local[names.divisor]
         divisors = {DIVISOR: divisor, SAMPLES: samples, ONE: tf.constant(1.0)}
-        window = _squared_norm(self._sums.window_gradients(divisors))
+        window = _squared_norm(self._sums.window_gradients(divisors, processed))
         mean_squares = tf.math.divide_no_nan(local[names.micro_norms], steps)
         spread = (tf.math.divide_no_nan(local[names.micro_inverse_sizes], steps)
                   - tf.math.reciprocal_no_nan(samples))
