@@ -202,6 +202,51 @@ def test_set_loss_divisor_called_twice_in_one_micro_step_is_refused():
         keras_trainx.fit_accumulated(model, x, y, batch_size=4, accum_steps=2, verbose=0)
 
 
+@pytest.mark.parametrize("count, error, message", [
+    ("3", TypeError, "`count` must be a number"),
+    (None, TypeError, "`count` must be a number"),
+    (np.ones(2, "float32"), ValueError, "`count` must be a scalar; received shape"),
+])
+def test_set_loss_divisor_refuses_what_is_not_a_numeric_scalar_where_it_is_called(count, error, message):
+    with pytest.raises(error, match=message):
+        keras_trainx.set_loss_divisor(count)
+    with pytest.raises(TypeError, match="`divided_by` must be numeric"):
+        keras_trainx.set_loss_divisor(1.0, divided_by=tf.constant("1"))
+
+
+class ReportedCount(keras.Sequential):
+    """A mean squared error that reports a fixed count to `set_loss_divisor`."""
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = count
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        keras_trainx.set_loss_divisor(self.count)
+        return ops.mean(ops.square(y_pred - y))
+
+
+@pytest.mark.parametrize("count, message", [
+    (float("nan"), "`count` must be finite and >= 0"),
+    (float("inf"), "`count` must be finite and >= 0"),
+    (-1.0, "`count` must be finite and >= 0"),
+    (0.0, "a non-zero loss for a micro-batch whose count is 0"),
+])
+def test_a_count_that_would_spoil_the_update_stops_the_run_naming_set_loss_divisor(count, message):
+    # Before: NaN and inf turned every weight NaN, 0 trained nothing; Model.fit trains the same
+    # model (the call only checks its arguments there).
+    x, y, _ = _data(n=8)
+    keras.utils.set_random_seed(4)
+    model = ReportedCount(count, layers=[keras.Input((5,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd")
+    before = model.get_weights()
+    model.fit(x, y, batch_size=4, verbose=0)
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(before, model.get_weights())) > 0
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        keras_trainx.fit_accumulated(model, x, y, batch_size=4, accum_steps=2, verbose=0)
+
+
 def _classifier(loss):
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])

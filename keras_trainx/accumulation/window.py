@@ -10,7 +10,8 @@ equals one `Model.fit` step on the concatenation of the window's micro-batches:
                                               c_i = its divisor, C = sum_i c_i
 
 so each micro-step accumulates `c_i * grad(L_i)` (unscaled, in the variables' dtype, float32 under
-mixed precision) and the update divides by `C` (`keras_trainx.accumulation.loss_normalization` finds `c_i`, and
+mixed precision; the first one its gradient alone, multiplied by `c_1` when a second one comes, so
+that a window of one micro-step applies exactly `Model.fit`'s gradient) and the update divides by `C` (`keras_trainx.accumulation.loss_normalization` finds `c_i`, and
 splits off the losses layers add, which the big batch counts differently). Weight penalties enter
 once per update: their weights `c_i / C` sum to one (with `"sum"`, only the first micro-step keeps
 them).
