@@ -91,7 +91,8 @@ class Accumulators:
             for accumulator in accumulators:
                 accumulator.assign(accumulator * tf.cast(self.first_weights[group], accumulator.dtype))
 
-    def window_gradients(self, divisors: dict[str, tf.Tensor], micro_steps: tf.Tensor) -> list[tf.Tensor | None]:
+    def window_gradients(self, divisors: dict[str, tf.Tensor],
+                         micro_steps: tf.Tensor) -> list[tf.Tensor | None]:
         """Each variable's `sum over groups of (group's sum / its divisor)`, or None: no gradient.
 
         A divisor of 0 (a window whose every sample weight is 0, or every token masked) gives a

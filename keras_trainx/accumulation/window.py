@@ -11,10 +11,11 @@ equals one `Model.fit` step on the concatenation of the window's micro-batches:
 
 so each micro-step accumulates `c_i * grad(L_i)` (unscaled, in the variables' dtype, float32 under
 mixed precision; the first one its gradient alone, multiplied by `c_1` when a second one comes, so
-that a window of one micro-step applies exactly `Model.fit`'s gradient) and the update divides by `C` (`keras_trainx.accumulation.loss_normalization` finds `c_i`, and
-splits off the losses layers add, which the big batch counts differently). Weight penalties enter
-once per update: their weights `c_i / C` sum to one (with `"sum"`, only the first micro-step keeps
-them).
+that a window of one micro-step applies exactly `Model.fit`'s gradient) and the update divides by
+`C` (`keras_trainx.accumulation.loss_normalization` finds `c_i`, and splits off the losses layers
+add, which the big batch counts differently). Weight penalties, and `add_loss` terms with no input in
+them, enter once per update: their weights `c_i / C` sum to one (with `"sum"`, only the first
+micro-step keeps them).
 
 The loss `Model.fit` reports, and each output's loss of a multi-output model, are updated once per
 window with the window's big-batch value (`keras_trainx.accumulation.window_metrics`), so epoch logs equal those
@@ -35,8 +36,8 @@ from keras_trainx import compat
 from keras_trainx.accumulation.accumulators import Accumulators, unscaled
 from keras_trainx.accumulation.loss_divisor import recording_loss_divisor
 from keras_trainx.accumulation.input_dependence import depends_on_inputs, traced_dependence
-from keras_trainx.accumulation.loss_normalization import (ACTIVITY, BATCH_SUM, DIVISOR, INPUT_FREE, ONE, SAMPLES,
-                                                          loss_reduction, split_loss)
+from keras_trainx.accumulation.loss_normalization import (
+    ACTIVITY, BATCH_SUM, DIVISOR, INPUT_FREE, ONE, SAMPLES, loss_reduction, split_loss)
 from keras_trainx.accumulation.window_metrics import WindowLossMetrics
 
 _WINDOW_STEPS: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
