@@ -51,6 +51,21 @@ def test_mirrored_added_losses_match_single_device_big_batch():
     assert max_weight_difference(reference, accumulated) < 1e-6
 
 
+def test_mirrored_input_free_add_loss_counts_once_per_update():
+    # A weight penalty added in `call` is on every replica: weighted by each micro-batch's share of
+    # the window's global count, it enters once per update, as on one device.
+    from test_fit_loss_contracts import _data, _kernel_penalty_model
+
+    x, y, _ = _data()
+    reference = _kernel_penalty_model(keras.optimizers.SGD(0.1), with_input_penalty=True)
+    reference.fit(x, y, batch_size=24, epochs=2, shuffle=False, verbose=0)
+    with _mirrored().scope():
+        accumulated = _kernel_penalty_model(keras.optimizers.SGD(0.1), with_input_penalty=True)
+    keras_trainx.fit_accumulated(accumulated, x, y, batch_size=8, accum_steps=3, epochs=2,
+                                 shuffle=False, verbose=0)
+    assert max_weight_difference(reference, accumulated) < 1e-6
+
+
 def test_mirrored_reported_loss_divisor_matches_single_device_big_batch():
     # Each replica reports the labelled tokens of its share; the window divides by their total.
     from test_fit_loss_contracts import _labelled_tokens, _labelled_tokens_model

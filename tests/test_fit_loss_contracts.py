@@ -80,6 +80,64 @@ def test_added_losses_are_exact_under_every_reduction(reduction):
     np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
 
 
+class KernelPenalty(keras.layers.Layer):
+    """A Dense layer whose `call` adds a weight penalty, a term with no input in it (issue 26)."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4), initializer="glorot_uniform")
+
+    def call(self, inputs):
+        self.add_loss(1e-2 * ops.sum(self.kernel ** 2))
+        return ops.tanh(ops.matmul(inputs, self.kernel))
+
+
+def _kernel_penalty_model(optimizer, with_input_penalty, reduction="sum_over_batch_size"):
+    keras.utils.set_random_seed(12)
+    inputs = keras.Input((5,))
+    hidden = KernelPenalty()(inputs)
+    if with_input_penalty:
+        hidden = SummedPenalty()(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    model.compile(optimizer=optimizer, loss=keras.losses.MeanSquaredError(reduction=reduction))
+    return model
+
+
+@pytest.mark.parametrize("with_input_penalty", [False, True], ids=["weights_only", "both_kinds"])
+@pytest.mark.parametrize(
+    "make_optimizer, tolerance",
+    [(lambda: keras.optimizers.SGD(0.1), SGD_TOLERANCE),
+     (lambda: keras.optimizers.AdamW(0.01, weight_decay=0.05), ADAM_TOLERANCE)],
+    ids=["sgd", "adamw"],
+)
+def test_an_add_loss_term_without_inputs_counts_once_per_update(make_optimizer, tolerance,
+                                                                with_input_penalty):
+    # A weight penalty added in `call` has no path from the inputs: the big batch adds it once per
+    # step, as a kernel_regularizer. Before, every micro-batch added it (0.02 away with SGD, k=4).
+    x, y, _ = _data()
+    reference = _kernel_penalty_model(make_optimizer(), with_input_penalty)
+    accumulated = _kernel_penalty_model(make_optimizer(), with_input_penalty)
+    expected = reference.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+    history = keras_trainx.fit_accumulated(accumulated, x, y, batch_size=8, accum_steps=4, epochs=3,
+                                           shuffle=False, verbose=0)
+    assert max_weight_difference(reference, accumulated) < tolerance
+    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean_with_sample_weight"])
+@pytest.mark.parametrize("mode", ["compiled", "run_eagerly", "jit_compile"])
+def test_an_add_loss_term_without_inputs_is_exact_under_every_reduction_and_mode(reduction, mode):
+    x, y, weights = _data()
+    reference = _kernel_penalty_model(keras.optimizers.SGD(0.01), True, reduction)
+    accumulated = _kernel_penalty_model(keras.optimizers.SGD(0.01), True, reduction)
+    if mode != "compiled":
+        accumulated.compile(optimizer=keras.optimizers.SGD(0.01), **{mode: True},
+                            loss=keras.losses.MeanSquaredError(reduction=reduction))
+    reference.fit(x, y, sample_weight=weights, batch_size=12, epochs=2, shuffle=False, verbose=0)
+    keras_trainx.fit_accumulated(accumulated, x, y, sample_weight=weights, batch_size=4,
+                                 accum_steps=3, epochs=2, shuffle=False, verbose=0)
+    assert max_weight_difference(reference, accumulated) < SGD_TOLERANCE
+
+
 class LabelledTokens(keras.Sequential):
     """A loss over the tokens that carry a label (-1: none), divided by their count in the batch."""
 
@@ -141,6 +199,51 @@ def test_set_loss_divisor_called_twice_in_one_micro_step_is_refused():
     model.compile(optimizer="sgd")
     x, y = _labelled_tokens()
     with pytest.raises(ValueError, match="called keras_trainx.set_loss_divisor 2 times for one micro-batch"):
+        keras_trainx.fit_accumulated(model, x, y, batch_size=4, accum_steps=2, verbose=0)
+
+
+@pytest.mark.parametrize("count, error, message", [
+    ("3", TypeError, "`count` must be a number"),
+    (None, TypeError, "`count` must be a number"),
+    (np.ones(2, "float32"), ValueError, "`count` must be a scalar; received shape"),
+])
+def test_set_loss_divisor_refuses_what_is_not_a_numeric_scalar_where_it_is_called(count, error, message):
+    with pytest.raises(error, match=message):
+        keras_trainx.set_loss_divisor(count)
+    with pytest.raises(TypeError, match="`divided_by` must be numeric"):
+        keras_trainx.set_loss_divisor(1.0, divided_by=tf.constant("1"))
+
+
+class ReportedCount(keras.Sequential):
+    """A mean squared error that reports a fixed count to `set_loss_divisor`."""
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = count
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        keras_trainx.set_loss_divisor(self.count)
+        return ops.mean(ops.square(y_pred - y))
+
+
+@pytest.mark.parametrize("count, message", [
+    (float("nan"), "`count` must be finite and >= 0"),
+    (float("inf"), "`count` must be finite and >= 0"),
+    (-1.0, "`count` must be finite and >= 0"),
+    (0.0, "a non-zero loss for a micro-batch whose count is 0"),
+])
+def test_a_count_that_would_spoil_the_update_stops_the_run_naming_set_loss_divisor(count, message):
+    # Before: NaN and inf turned every weight NaN, 0 trained nothing; Model.fit trains the same
+    # model (the call only checks its arguments there).
+    x, y, _ = _data(n=8)
+    keras.utils.set_random_seed(4)
+    model = ReportedCount(count, layers=[keras.Input((5,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd")
+    before = model.get_weights()
+    model.fit(x, y, batch_size=4, verbose=0)
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(before, model.get_weights())) > 0
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         keras_trainx.fit_accumulated(model, x, y, batch_size=4, accum_steps=2, verbose=0)
 
 

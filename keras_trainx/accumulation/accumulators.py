@@ -26,6 +26,7 @@ class Accumulators:
         self.strategy = strategy
         self.variables = variables
         self.gradients: dict[str, list[tf.Variable]] = {}
+        self.first_weights: dict[str, tf.Variable] = {}
         self._with_gradient: dict[str, list[bool]] = {}
         with strategy.scope():
             self.statistics = _replica_sum(tf.zeros(num_statistics), "accumulated_window_statistics")
@@ -39,6 +40,7 @@ class Accumulators:
                              f"accumulated_{group}_" + v.name.replace("/", "_").replace(":", "_"))
                 for v in self.variables
             ]
+            self.first_weights[group] = _replica_sum(tf.zeros(()), f"accumulated_{group}_first_weight")
         self._with_gradient[group] = [False] * len(self.variables)
 
     def zero(self) -> None:
@@ -48,8 +50,14 @@ class Accumulators:
                 accumulator.assign(tf.zeros_like(accumulator))
         self.statistics.assign(tf.zeros_like(self.statistics))
 
-    def add(self, group: str, gradients: list[tf.Tensor | tf.IndexedSlices | None], weight: tf.Tensor) -> None:
+    def add(self, group: str, gradients: list[tf.Tensor | tf.IndexedSlices | None], weight: tf.Tensor,
+            step: tf.Tensor) -> None:
         """Adds `weight * gradient` to `group`'s sum of each variable (None: no gradient).
+
+        The window's first micro-step (`step` 0) adds its gradient unweighted and keeps `weight`
+        aside; `weigh_first` applies it when a second micro-step comes. A window of one micro-step
+        thus holds the gradient exactly as computed, and `window_gradients` applies it as
+        `Model.fit` would (multiplying by `c` and dividing by `c` again rounds).
 
         `gradients` are in the accumulators' dtype (the variables', float32 under mixed precision),
         already unscaled, so mixed-precision backward passes see the same magnitudes as in
@@ -58,6 +66,10 @@ class Accumulators:
         dense gradient), at the cost of the micro-batch's tokens rather than of the whole table; under
         a multi-replica strategy, whose per-replica sums have no scatter, it is densified.
         """
+        first = tf.equal(step, 0)
+        first_weight = self.first_weights[group]
+        first_weight.assign(tf.where(first, tf.cast(weight, first_weight.dtype), first_weight))
+        weight = tf.where(first, tf.ones_like(weight), weight)
         with_gradient = self._with_gradient[group]
         for index, (accumulator, gradient) in enumerate(zip(self.gradients[group], gradients)):
             if gradient is None:
@@ -73,34 +85,50 @@ class Accumulators:
             else:
                 accumulator.assign_add(gradient * tf.cast(weight, gradient.dtype))
 
-    def window_gradients(self, divisors: dict[str, tf.Tensor]) -> list[tf.Tensor | None]:
+    def weigh_first(self) -> None:
+        """Multiplies the sums by the first micro-step's weights (before the second one adds)."""
+        for group, accumulators in self.gradients.items():
+            for accumulator in accumulators:
+                accumulator.assign(accumulator * tf.cast(self.first_weights[group], accumulator.dtype))
+
+    def window_gradients(self, divisors: dict[str, tf.Tensor],
+                         micro_steps: tf.Tensor) -> list[tf.Tensor | None]:
         """Each variable's `sum over groups of (group's sum / its divisor)`, or None: no gradient.
 
         A divisor of 0 (a window whose every sample weight is 0, or every token masked) gives a
-        zero gradient, as Keras' reductions divide with `divide_no_nan`.
+        zero gradient, as Keras' reductions divide with `divide_no_nan`. After one micro-step
+        (`micro_steps` 1) the sums are unweighted and the divisor is divided by the first weight:
+        one replica's `c / c` is exactly 1, so the gradient is applied as computed.
         """
         totals: list[tf.Tensor | None] = [None] * len(self.variables)
         for group, accumulators in self.gradients.items():
+            divisor = self._divisor(group, divisors, micro_steps)
             for index, (accumulator, has_gradient) in enumerate(zip(accumulators, self._with_gradient[group])):
                 if not has_gradient:
                     continue
-                part = tf.math.divide_no_nan(tf.identity(accumulator),
-                                             tf.cast(divisors[group], accumulator.dtype))
+                part = tf.math.divide_no_nan(tf.identity(accumulator), tf.cast(divisor, accumulator.dtype))
                 totals[index] = part if totals[index] is None else totals[index] + part
         return totals
 
-    def window_squared_norm(self, divisors: dict[str, tf.Tensor]) -> tf.Tensor:
-        """The squared norm of `window_gradients(divisors)` (all variables together), as float32.
+    def window_squared_norm(self, divisors: dict[str, tf.Tensor], micro_steps: tf.Tensor) -> tf.Tensor:
+        """The squared norm of `window_gradients(divisors, micro_steps)` (all variables together), as
+        float32.
 
         With a single group (a model's compiled loss alone) it is that group's `|sum|^2 / divisor^2`,
         read straight from the sums: no divided copy of every gradient is made for it.
         """
         groups = [group for group, has in self._with_gradient.items() if any(has)]
         if len(groups) != 1:
-            return squared_norm(self.window_gradients(divisors))
+            return squared_norm(self.window_gradients(divisors, micro_steps))
         group = groups[0]
         sums = [accumulator for accumulator, has in zip(self.gradients[group], self._with_gradient[group]) if has]
-        return tf.math.divide_no_nan(squared_norm(sums), tf.square(tf.cast(divisors[group], tf.float32)))
+        return tf.math.divide_no_nan(squared_norm(sums), tf.square(self._divisor(group, divisors, micro_steps)))
+
+    def _divisor(self, group: str, divisors: dict[str, tf.Tensor], micro_steps: tf.Tensor) -> tf.Tensor:
+        """What `group`'s sums are divided by: its divisor, over the first weight after one micro-step
+        (whose gradient the sums hold unweighted)."""
+        divisor = tf.cast(divisors[group], tf.float32)
+        return tf.where(tf.equal(micro_steps, 1), tf.math.divide_no_nan(divisor, self.first_weights[group]), divisor)
 
 
 def squared_norm(tensors: list[tf.Tensor | tf.Variable | None]) -> tf.Tensor:

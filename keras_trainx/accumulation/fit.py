@@ -44,8 +44,9 @@ def fit_accumulated(
     would divide by, so unequal micro-batches, sample weights, class weights, masked losses and every
     Keras loss reduction give exactly the big-batch gradient. Losses that layers add count as the
     big batch counts them: weight penalties once per update, `activity_regularizer` losses as means
-    over the window's samples, `add_loss` terms computed in `call` as sums over every micro-batch
-    (Keras' `add_loss(ops.sum(...))`). The optimizer step counter, learning-rate schedules, weight
+    over the window's samples, `add_loss` terms computed in `call` from the inputs as sums over every
+    micro-batch (Keras' `add_loss(ops.sum(...))`) and those without an input in them (a weight
+    penalty written in `call`) once per update. The optimizer step counter, learning-rate schedules, weight
     decay, gradient clipping and EMA act once per update. The reported `loss` is each window's
     big-batch loss; other metrics update on every micro-batch, which gives the big batch's values
     for Keras' stateful metrics. Embedding gradients are summed densely, as standard Adam

@@ -13,11 +13,13 @@ in its own way, so each enters the window with its own count:
 |---|---|---|---|
 | compiled loss, weight penalties | `sum / C` of the window | `c_i * L_i` | `C = sum_i c_i` |
 | `activity_regularizer` (Keras divides it by its batch size) | a mean over samples | `n_i * a_i` | `N`, the window's samples |
-| `add_loss` in `call` (a sum over its batch, as Keras' `add_loss(ops.sum(x))`) | the window's sum | `s_i` | 1 |
+| `add_loss` in `call` of a term of the inputs (a sum over its batch, as Keras' `add_loss(ops.sum(x))`) | the window's sum | `s_i` | 1 |
+| `add_loss` in `call` of a term with no input in it (`add_loss(ops.sum(self.kernel ** 2))`) | the term, once | as weight penalties | as weight penalties |
 
 Weight penalties do not depend on the batch: weighted by `c_i / C` they count once per update (with
-`"sum"`, where `C = 1`, only the first micro-step keeps them). Parts whose divisors coincide for the
-compiled reduction share one accumulator.
+`"sum"`, where `C = 1`, only the first micro-step keeps them). An `add_loss` term whose traced graph
+has no path from the model's inputs (`keras_trainx.accumulation.input_dependence`) is one of them.
+Parts whose divisors coincide for the compiled reduction share one accumulator.
 """
 
 import dataclasses
@@ -26,8 +28,13 @@ import keras
 import tensorflow as tf
 
 from keras_trainx import compat
+from keras_trainx.accumulation.loss_divisor import LossDivisor
 
 DIVISOR, SAMPLES, ONE = "divisor", "samples", "one"
+
+# Kinds of the losses layers add in their call: an activity_regularizer's (a mean over the batch),
+# an add_loss term of the inputs (a sum over the batch), an add_loss term without them (a constant).
+ACTIVITY, BATCH_SUM, INPUT_FREE = "activity", "batch_sum", "input_free"
 
 MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
 REDUCTIONS = (*MEAN_REDUCTIONS, "mean_with_sample_weight", "sum")
@@ -118,9 +125,10 @@ class LossParts:
     """A micro-batch's loss split by divisor: for each accumulator group, `(objective, weight)`.
 
     The group's gradient sum gains `weight * grad(objective)`; at the update it is divided by the
-    window's total of the group's counts (`DIVISOR`: `C`, `SAMPLES`: `N`, `ONE`: 1). `reported` is
-    `sum_group weight * objective`, the micro-batch's contribution to the numerators of the big
-    batch's loss, per group.
+    window's total of the group's counts (`DIVISOR`: `C`, `SAMPLES`: `N`, `ONE`: 1); `divisor` is
+    this micro-batch's `c_i`. `weight * objective` is the micro-batch's contribution to the
+    numerator of the big batch's loss, per group. The `DIVISOR` group's weight is `c_i`, except
+    where `set_loss_divisor(count, divided_by)` says the loss was divided by another number.
     """
 
     groups: dict[str, tuple[tf.Tensor, tf.Tensor]]
@@ -129,7 +137,7 @@ class LossParts:
 
 def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: object,
                sample_weight: object, batch_size: tf.Tensor, first: tf.Tensor,
-               recorded_divisors: list) -> LossParts:
+               recorded_divisors: list[LossDivisor], added: list[tuple[tf.Tensor, str]]) -> LossParts:
     """Splits a micro-step's `compute_loss` value into the parts the big batch divides differently.
 
     Args:
@@ -141,7 +149,9 @@ def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: obje
         sample_weight: the micro-batch's sample weights, or None.
         batch_size: the micro-batch's (this replica's) number of samples, an int32 scalar.
         first: a boolean scalar: whether this is the window's first micro-step.
-        recorded_divisors: the counts a custom `compute_loss` gave `set_loss_divisor`.
+        recorded_divisors: what a custom `compute_loss` gave `set_loss_divisor`.
+        added: the losses the model's layers added in this call, each with its kind (`ACTIVITY`,
+            `BATCH_SUM` or `INPUT_FREE`); ignored with an overridden `compute_loss`.
     """
     samples = tf.cast(batch_size, tf.float32)
     loss = tf.cast(loss, tf.float32)
@@ -151,8 +161,7 @@ def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: obje
                 f"compute_loss called keras_trainx.set_loss_divisor {len(recorded_divisors)} times for "
                 "one micro-batch; call it once, with the count the returned loss was divided by."
             )
-        divisor = tf.cast(recorded_divisors[0], tf.float32)
-        return LossParts({DIVISOR: (loss, divisor)}, divisor)
+        return _reported_parts(loss, recorded_divisors[0])
     if reduction == "sum":
         divisor = tf.constant(1.0)
     else:
@@ -160,16 +169,18 @@ def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: obje
     if type(model).compute_loss is not keras.Model.compute_loss:
         return LossParts({DIVISOR: (loss, divisor)}, divisor)  # its added losses: unknown to us
 
-    activity: list[tf.Tensor] = []
-    summed: list[tf.Tensor] = []
-    for added, from_activity_regularizer in compat.forward_losses(model):
-        (activity if from_activity_regularizer else summed).append(tf.reduce_sum(tf.cast(added, tf.float32)))
+    by_kind: dict[str, list[tf.Tensor]] = {ACTIVITY: [], BATCH_SUM: [], INPUT_FREE: []}
+    for term, kind in added:
+        by_kind[kind].append(tf.reduce_sum(tf.cast(term, tf.float32)))
+    activity, summed = by_kind[ACTIVITY], by_kind[BATCH_SUM]
     # `loss` holds the added losses as Keras adds them: unscaled here, except with "sum", whose
     # compiled loss Keras does not divide across replicas while it still divides the added ones.
+    # Input-free terms stay in it, with the weight penalties.
     scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync if reduction == "sum" else 1.0
     main = loss - scale * tf.add_n([*activity, *summed]) if activity or summed else loss
     if reduction == "sum" and model.losses:
-        main -= scale * _weight_penalties(model) * (1.0 - tf.cast(first, tf.float32))
+        once = tf.add_n([_weight_penalties(model), *by_kind[INPUT_FREE]])
+        main -= scale * once * (1.0 - tf.cast(first, tf.float32))
     groups = {DIVISOR: [main, divisor]}
     divides_by_samples = (reduction != "sum" and not _masked(y_pred)
                           and (reduction in MEAN_REDUCTIONS or sample_weight is None))
@@ -182,6 +193,24 @@ def split_loss(model: keras.Model, reduction: str, loss: tf.Tensor, y_pred: obje
         else:
             groups[group] = [tf.add_n(parts), weight]
     return LossParts({name: (objective, weight) for name, (objective, weight) in groups.items()}, divisor)
+
+
+def _reported_parts(loss: tf.Tensor, reported: LossDivisor) -> LossParts:
+    """The parts of a loss whose `compute_loss` called `set_loss_divisor`, its values checked."""
+    count, divided_by = reported.count, reported.divided_by
+    checks = [
+        tf.debugging.Assert(tf.logical_and(tf.math.is_finite(count), count >= 0.0), [
+            "keras_trainx.set_loss_divisor: `count` must be finite and >= 0; received", count]),
+        tf.debugging.Assert(tf.logical_and(tf.math.is_finite(divided_by), divided_by >= 0.0), [
+            "keras_trainx.set_loss_divisor: `divided_by` must be finite and >= 0; received", divided_by]),
+        tf.debugging.Assert(tf.logical_or(divided_by > 0.0, tf.equal(loss, 0.0)), [
+            "keras_trainx.set_loss_divisor: compute_loss returned a non-zero loss for a micro-batch "
+            "whose count is 0, which would train nothing. Divide the summed loss by "
+            "maximum(count, 1) and pass divided_by=maximum(count, 1); loss:", loss]),
+    ]
+    with tf.control_dependencies(checks):
+        divided_by = tf.identity(divided_by)
+    return LossParts({DIVISOR: (loss, divided_by)}, count)
 
 
 def _masked(y_pred: object) -> bool:

@@ -10,10 +10,12 @@ equals one `Model.fit` step on the concatenation of the window's micro-batches:
                                               c_i = its divisor, C = sum_i c_i
 
 so each micro-step accumulates `c_i * grad(L_i)` (unscaled, in the variables' dtype, float32 under
-mixed precision) and the update divides by `C` (`keras_trainx.accumulation.loss_normalization` finds `c_i`, and
-splits off the losses layers add, which the big batch counts differently). Weight penalties enter
-once per update: their weights `c_i / C` sum to one (with `"sum"`, only the first micro-step keeps
-them).
+mixed precision; the first one its gradient alone, multiplied by `c_1` when a second one comes, so
+that a window of one micro-step applies exactly `Model.fit`'s gradient) and the update divides by
+`C` (`keras_trainx.accumulation.loss_normalization` finds `c_i`, and splits off the losses layers
+add, which the big batch counts differently). Weight penalties, and `add_loss` terms with no input in
+them, enter once per update: their weights `c_i / C` sum to one (with `"sum"`, only the first
+micro-step keeps them).
 
 The loss `Model.fit` reports, and each output's loss of a multi-output model, are updated once per
 window with the window's big-batch value (`keras_trainx.accumulation.window_metrics`), so epoch logs equal those
@@ -33,7 +35,9 @@ import tensorflow as tf
 from keras_trainx import compat
 from keras_trainx.accumulation.accumulators import Accumulators, squared_norm, unscaled
 from keras_trainx.accumulation.loss_divisor import recording_loss_divisor
-from keras_trainx.accumulation.loss_normalization import DIVISOR, ONE, SAMPLES, loss_reduction, split_loss
+from keras_trainx.accumulation.input_dependence import depends_on_inputs, traced_dependence
+from keras_trainx.accumulation.loss_normalization import (
+    ACTIVITY, BATCH_SUM, DIVISOR, INPUT_FREE, ONE, SAMPLES, loss_reduction, split_loss)
 from keras_trainx.accumulation.window_metrics import WindowLossMetrics
 
 _WINDOW_STEPS: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
@@ -108,6 +112,8 @@ class WindowStep:
         self._compute_loss_has_training = (
             "training" in inspect.signature(model.compute_loss).parameters
         )
+        self._default_compute_loss = type(model).compute_loss is keras.Model.compute_loss
+        self._eager_dependence: list[bool] | None = None
         self.statistics = WindowStatistics(len(self._loss_metrics))
         self._sums = Accumulators(self.strategy, self._variables, self.statistics.size)
         self._function = self._make_function()
@@ -152,10 +158,12 @@ class WindowStep:
         model = self.model
         micro_step = self._micro_step
         apply_step = self._apply_step
-        if not model.run_eagerly and model.jit_compile:
-            micro_step = tf.function(micro_step, jit_compile=True, reduce_retracing=True,
-                                     autograph=False)
-            apply_step = tf.function(apply_step, jit_compile=True, autograph=False)
+        if not model.run_eagerly:
+            # One traced micro-step serves every micro-batch of the window (both call sites below).
+            micro_step = tf.function(micro_step, jit_compile=bool(model.jit_compile),
+                                     reduce_retracing=True, autograph=False)
+            if model.jit_compile:
+                apply_step = tf.function(apply_step, jit_compile=True, autograph=False)
 
         def window(iterator: Any, num_steps: tf.Tensor, measure_noise: bool) -> tuple[tf.Tensor, dict, tf.Tensor]:
             self.strategy.run(self._zero_step)
@@ -163,22 +171,30 @@ class WindowStep:
             def cond(step: tf.Tensor, inputs: Any) -> tf.Tensor:
                 return tf.logical_and(step < num_steps, inputs.has_value())
 
-            def body(step: tf.Tensor, inputs: Any) -> tuple[tf.Tensor, Any]:
-                self.strategy.run(micro_step, args=(inputs.get_value(), tf.equal(step, 0), measure_noise))
-                following = tf.cond(step + 1 < num_steps, iterator.get_next_as_optional, lambda: inputs)
-                return step + 1, following
+            def run(step: tf.Tensor, inputs: Any) -> tf.Tensor:
+                self.strategy.run(micro_step, args=(inputs.get_value(), step, measure_noise))
+                return step + 1
 
-            # One traced micro-step serves every micro-batch of the window. One micro-step at a
-            # time: overlapping iterations ran up to 8% faster on 2 CPU cores but sometimes held
-            # two micro-batches' activations (1.36x the memory of Model.fit at the micro-batch
-            # instead of 1.02x) and summed in a varying order.
-            processed, _ = tf.while_loop(
-                cond, body, [tf.constant(0), iterator.get_next_as_optional()], parallel_iterations=1
-            )
+            def body(step: tf.Tensor, inputs: Any) -> tuple[tf.Tensor, Any]:
+                step = run(step, inputs)
+                following = tf.cond(step < num_steps, iterator.get_next_as_optional, lambda: inputs)
+                return step, following
+
+            # The first micro-step runs outside the loop: TensorFlow's graph optimizer (its
+            # arithmetic and constant-folding passes) rewrites a step inside a loop otherwise than
+            # Model.fit's, which moved a window of one micro-step by up to 6e-8 from Model.fit's
+            # update. Then one micro-step at a time: overlapping iterations ran up to 8% faster on
+            # 2 CPU cores but sometimes held two micro-batches' activations (1.36x the memory of
+            # Model.fit at the micro-batch instead of 1.02x) and summed in a varying order.
+            first = iterator.get_next_as_optional()
+            step = tf.cond(first.has_value(), lambda: run(tf.constant(0), first), lambda: tf.constant(0))
+            following = tf.cond(tf.logical_and(step > 0, step < num_steps),
+                                iterator.get_next_as_optional, lambda: first)
+            processed, _ = tf.while_loop(cond, body, [step, following], parallel_iterations=1)
             applies = processed > 0
             if not self.apply_partial:
                 applies = tf.logical_and(applies, tf.equal(processed, num_steps))
-            totals = tf.cond(applies, lambda: self._apply(apply_step, measure_noise),
+            totals = tf.cond(applies, lambda: self._apply(apply_step, processed, measure_noise),
                              lambda: tf.zeros(self.statistics.size))
             return processed, model.get_metrics_result(), totals
 
@@ -186,13 +202,14 @@ class WindowStep:
             window = tf.function(window, reduce_retracing=True, autograph=False)
         return window
 
-    def _apply(self, apply_step: Callable, measure_noise: bool) -> tf.Tensor:
-        totals = self.strategy.run(apply_step, args=(measure_noise,))
+    def _apply(self, apply_step: Callable, processed: tf.Tensor, measure_noise: bool) -> tf.Tensor:
+        totals = self.strategy.run(apply_step, args=(processed, measure_noise))
         return self.strategy.experimental_local_results(totals)[0]
 
-    def _micro_step(self, data: Any, first: tf.Tensor, measure_noise: bool) -> None:
-        """Forward and backward pass of one micro-batch; adds its weighted gradients to the sums."""
+    def _micro_step(self, data: Any, step: tf.Tensor, measure_noise: bool) -> None:
+        """Forward and backward pass of the window's micro-batch `step`; adds its weighted gradients."""
         model = self.model
+        first = tf.equal(step, 0)
         data = tf.nest.map_structure(
             lambda v: None if isinstance(v, tf.experimental.Optional) else v, data
         )
@@ -200,14 +217,18 @@ class WindowStep:
         batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         output_metric_states = self._loss_metrics.snapshot()
         optimizer = model.optimizer
-        with tf.GradientTape(persistent=len(self._sums.gradients) > 1) as tape:
+        # Run eagerly, the first micro-step may find a group the sums do not have yet.
+        persistent = len(self._sums.gradients) > 1 or tf.executing_eagerly()
+        with tf.GradientTape(persistent=persistent) as tape:
             with recording_loss_divisor() as recorded_divisors:
                 y_pred = model(x, training=True)
                 loss = self._compute_loss(x, y, y_pred, sample_weight)
             if self.reduction != "sum":
                 loss = compat.unscale_for_distribution(loss)
+            with tape.stop_recording():
+                added = self._added_losses(x)
             parts = split_loss(model, self.reduction, loss, y_pred, sample_weight, batch_size,
-                               first, recorded_divisors)
+                               first, recorded_divisors, added)
             missing = set(parts.groups) - set(self._sums.gradients)
             if missing and not tf.executing_eagerly():
                 raise _MissingGroups(missing)
@@ -218,10 +239,11 @@ class WindowStep:
         # Weighting by c_i happens on the unscaled float32 gradient, not inside the tape.
         unscale = _loss_scale(optimizer)
         micro_gradient: list[tf.Tensor | None] = [None] * len(self._variables)
+        tf.cond(tf.equal(step, 1), self._weigh_first, lambda: tf.constant(False))
         for group, (_, weight) in parts.groups.items():
             gradients = [unscaled(g, v.dtype, unscale) for g, v in
                          zip(tape.gradient(scaled[group], self._variables), self._variables)]
-            self._sums.add(group, gradients, weight)
+            self._sums.add(group, gradients, weight, step)
             if measure_noise:
                 dense = [None if g is None else tf.convert_to_tensor(g) for g in gradients]
                 micro_gradient = [g if m is None else (m if g is None else m + g)
@@ -233,7 +255,7 @@ class WindowStep:
             "divisor": parts.divisor,
             "samples": samples,
             "output_count": output_count,
-            "outputs": [parts.divisor * output_loss for output_loss in output_losses],
+            "outputs": [parts.groups[DIVISOR][1] * output_loss for output_loss in output_losses],
         }
         for group, name in ((DIVISOR, "divisor_loss"), (SAMPLES, "samples_loss"), (ONE, "one_loss")):
             if group in parts.groups:
@@ -246,6 +268,31 @@ class WindowStep:
         self._sums.statistics.assign_add(self.statistics.vector(**statistics))
         model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
+    def _added_losses(self, x: Any) -> list[tuple[tf.Tensor, str]]:
+        """The losses the layers added in the call on `x`, each with its kind (see `split_loss`).
+
+        Whether an `add_loss` term depends on `x` is read from the traced graph; run eagerly, the
+        forward pass is traced once for it (after this call's losses were taken).
+        """
+        if not self._default_compute_loss:
+            return []
+        added = compat.forward_losses(self.model)
+        terms = [loss for loss, from_activity in added if not from_activity]
+        if not terms:
+            return [(loss, ACTIVITY) for loss, _ in added]
+        if not tf.executing_eagerly():
+            dependence = depends_on_inputs(terms, x)
+        else:
+            if self._eager_dependence is None or len(self._eager_dependence) != len(terms):
+                self._eager_dependence = traced_dependence(self._forward_terms, x)
+            dependence = self._eager_dependence
+        kinds = iter([BATCH_SUM if depends else INPUT_FREE for depends in dependence])
+        return [(loss, ACTIVITY if from_activity else next(kinds)) for loss, from_activity in added]
+
+    def _forward_terms(self, x: Any) -> list[tf.Tensor]:
+        self.model(x, training=True)
+        return [loss for loss, from_activity in compat.forward_losses(self.model) if not from_activity]
+
     def _compute_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
         if self._compute_loss_has_training:
             return self.model.compute_loss(x, y, y_pred, sample_weight, training=True)
@@ -254,18 +301,24 @@ class WindowStep:
     def _zero_step(self) -> None:
         self._sums.zero()
 
-    def _apply_step(self, measure_noise: bool) -> tf.Tensor:
-        """One optimizer update with the window's gradient sums over their global counts."""
+    def _weigh_first(self) -> tf.Tensor:
+        self._sums.weigh_first()
+        return tf.constant(True)
+
+    def _apply_step(self, processed: tf.Tensor, measure_noise: bool) -> tf.Tensor:
+        """One optimizer update with the window's `processed` micro-steps' gradient sums over
+        their global counts."""
         names = self.statistics
         local = tf.identity(self._sums.statistics)
         if measure_noise:
-            local = self._with_noise_estimates(local)
+            local = self._with_noise_estimates(local, processed)
         totals = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
         divisor = tf.constant(1.0) if self.reduction == "sum" else totals[names.divisor]
         divisors = {DIVISOR: divisor, SAMPLES: totals[names.samples], ONE: tf.constant(1.0)}
         scale = _loss_scale(self.model.optimizer)
         pairs = [(gradient if scale is None else gradient * tf.cast(scale, gradient.dtype), variable)
-                 for gradient, variable in zip(self._sums.window_gradients(divisors), self._variables)
+                 for gradient, variable in zip(self._sums.window_gradients(divisors, processed),
+                                               self._variables)
                  if gradient is not None]
         if pairs:
             self.model.optimizer.apply_gradients(pairs)
@@ -276,7 +329,7 @@ class WindowStep:
                                   samples=local[names.samples], counted=local[names.output_count])
         return totals
 
-    def _with_noise_estimates(self, local: tf.Tensor) -> tf.Tensor:
+    def _with_noise_estimates(self, local: tf.Tensor, processed: tf.Tensor) -> tf.Tensor:
         """`local` with this replica's unbiased estimates of tr(Sigma) and |G|^2 in the noise entries.
 
         With `a` the mean of the micro-batch gradients' squared norms, `h` the mean of their
@@ -289,7 +342,7 @@ class WindowStep:
         samples = local[names.samples]
         divisor = tf.constant(1.0) if self.reduction == "sum" else local[names.divisor]
         divisors = {DIVISOR: divisor, SAMPLES: samples, ONE: tf.constant(1.0)}
-        window = self._sums.window_squared_norm(divisors)
+        window = self._sums.window_squared_norm(divisors, processed)
         mean_squares = tf.math.divide_no_nan(local[names.micro_norms], steps)
         spread = (tf.math.divide_no_nan(local[names.micro_inverse_sizes], steps)
                   - tf.math.reciprocal_no_nan(samples))
