@@ -121,8 +121,9 @@ def test_every_nth_update_is_the_same_estimator_over_the_measured_windows_alone(
         GradientNoiseScale(every=0)
 
 
+@pytest.mark.parametrize("one_micro_step", [False, True], ids=["weighted", "unweighted-first"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_window_squared_norm_is_that_of_the_window_gradient(groups):
+def test_window_squared_norm_is_that_of_the_window_gradient(groups, one_micro_step):
     from keras_trainx.accumulation.accumulators import Accumulators
     from keras_trainx.accumulation.loss_normalization import DIVISOR, SAMPLES
 
@@ -130,12 +131,14 @@ def test_window_squared_norm_is_that_of_the_window_gradient(groups):
     variables = [tf.Variable(np.zeros((3, 2), "float32")), tf.Variable(np.zeros(4, "float32"))]
     sums = Accumulators(tf.distribute.get_strategy(), variables, 1)
     first = [rng.normal(size=v.shape).astype("float32") for v in variables]
-    sums.add(DIVISOR, [tf.constant(g) for g in first], tf.constant(2.0))
+    # a window of one micro-step holds its gradient unweighted (step 0); else each sum is weighted
+    step, micro_steps = (tf.constant(0), tf.constant(1)) if one_micro_step else (tf.constant(1), tf.constant(2))
+    sums.add(DIVISOR, [tf.constant(g) for g in first], tf.constant(2.0), step)
     window = [2.0 * g.astype("float64") / 5.0 for g in first]
     if groups == 2:
         sums.add_group(SAMPLES)
         second = rng.normal(size=(3, 2)).astype("float32")
-        sums.add(SAMPLES, [tf.constant(second), None], tf.constant(1.0))
-        window[0] = window[0] + second / 8.0
-    norm = sums.window_squared_norm({DIVISOR: tf.constant(5.0), SAMPLES: tf.constant(8.0)})
+        sums.add(SAMPLES, [tf.constant(second), None], tf.constant(3.0), step)
+        window[0] = window[0] + 3.0 * second / 8.0
+    norm = sums.window_squared_norm({DIVISOR: tf.constant(5.0), SAMPLES: tf.constant(8.0)}, micro_steps)
     assert float(norm) == pytest.approx(sum(float((w ** 2).sum()) for w in window), rel=1e-6)
