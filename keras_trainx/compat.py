@@ -59,6 +59,22 @@ def backup_metadata_path(callback: Any) -> str:
     return callback._training_metadata_path
 
 
+def optimizer_config_at_rate(optimizer: Any, learning_rate: float) -> dict:
+    """`optimizer.get_config()` with the float `learning_rate` in place of the optimizer's own rate.
+
+    `get_config` serializes a learning-rate schedule, which fails for a schedule without
+    `get_config`, and `from_config` cannot load a schedule that is not registered; a copy that sets
+    its own rate (the LR range test) needs neither. Keras has no public way to read the rest of the
+    configuration: the rate (`optimizer._learning_rate`) is replaced in a shallow twin's `__dict__`,
+    bypassing `__setattr__`, whose tracking and the public setter's untracking of a rate variable
+    would reach the variable lists the twin shares with the user's optimizer. (`copy.copy` does not
+    serve: Keras objects copy through their config, which fails the same way.)
+    """
+    twin = object.__new__(type(optimizer))
+    twin.__dict__.update(vars(optimizer), _learning_rate=learning_rate)
+    return {**twin.get_config(), "learning_rate": learning_rate}
+
+
 def keras_mask(tensor: Any) -> Any:
     """The Keras mask a layer attached to `tensor` (e.g. from `Embedding(mask_zero=True)`), or None.
 
