@@ -8,8 +8,8 @@ RATES = np.array([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4])  # 
 # index:             0    1    2    3    4    5    6    7    8    9
 SMOOTHED = np.array([9.0, 3.1, 2.9, 3.0, 2.0, 2.5, 1.6, 1.1, 0.9, 5.0])  # minimum at 8, then divergence
 LOSSES = np.array([9.0, 3.0, 2.8, 3.2, 1.8, 2.6, 1.4, 1.0, 0.8, 9.0])
-# |differences| of LOSSES[1:9]: 0.2, 0.4, 1.4, 0.8, 1.2, 0.4, 0.2 -> median 0.4
-NOISE = 0.4 / (0.6745 * np.sqrt(2))
+# |second differences| of LOSSES[1:9] (3.0, 2.8, 3.2, 1.8, 2.6, 1.4, 1.0, 0.8): 0.6, 1.8, 2.2, 2.0, 0.8, 0.2 -> 1.3
+NOISE = 1.3 / (0.6745 * np.sqrt(6))
 
 
 def test_debiased_ema_is_the_normalized_weighted_mean_of_the_losses_so_far():
@@ -23,21 +23,22 @@ def test_debiased_ema_is_the_normalized_weighted_mean_of_the_losses_so_far():
     assert debiased_ema(losses, 0.98)[0] == losses[0]
 
 
-def test_loss_noise_is_the_median_absolute_difference_scaled_to_one_loss_deviation():
+def test_loss_noise_is_the_median_absolute_second_difference_scaled_to_one_loss_deviation():
     assert np.isclose(loss_noise(LOSSES[1:9]), NOISE, rtol=1e-12, atol=0)
     noise = np.random.default_rng(1).normal(0.0, 0.3, size=200_000)
     assert abs(loss_noise(np.linspace(10.0, 0.0, 200_000) + noise) / 0.3 - 1) < 0.01  # the trend drops out
+    assert loss_noise(np.array([5.0, 4.0, 3.0, 2.0])) == 0.0  # a straight fall is no noise
 
 
 def test_the_rule_on_a_hand_computed_curve():
     # after the skipped first update the minimum is at 1e3 (index 8): a tenth of it; the fall 3.1 - 0.9
-    # exceeds the noise of LOSSES[1:9]
+    # exceeds the noise of LOSSES[1:9], 0.79
     assert suggest(RATES, LOSSES, SMOOTHED, skip=1) == ({"minimum/10": 100.0}, "")
 
 
 def test_a_fall_within_the_noise_of_the_loss_suggests_nothing():
-    noisy = LOSSES + 3.0 * (-1.0) ** np.arange(10)  # |differences| near 6: noise 6.3, the fall is 2.2
-    noise = np.median(np.abs(np.diff(noisy[1:9]))) / (0.6745 * np.sqrt(2))
+    noisy = LOSSES + 2.0 * (-1.0) ** np.arange(10)  # |second differences| near 8: noise 4.8, the fall is 2.2
+    noise = np.median(np.abs(np.diff(noisy[1:9], n=2))) / (0.6745 * np.sqrt(6))
     assert suggest(RATES, noisy, SMOOTHED, skip=1) == (
         {}, f"it fell by 2.2 to its lowest value, no more than the loss varies from one update to the next "
             f"({noise:.3g})")

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_trainx import fit_accumulated
-from keras_trainx.compat import optimizer_config_at_rate
+from keras_trainx.compat import optimizer_config_with_rate
 from keras_trainx.extras import require
 from keras_trainx.planning.arguments import array_sample_count, check_compiled_model, check_finite, is_array_data
 from keras_trainx.planning.lr_rules import RULES, debiased_ema, suggest
@@ -177,7 +177,7 @@ def lr_range_test(
     check_compiled_model(model, "lr_range_test")
 
     user_optimizer = model.optimizer
-    sweep_optimizer = _copy_of(user_optimizer, model, min_learning_rate)
+    sweep_optimizer = _copy_of(user_optimizer, model, min_learning_rate, max_learning_rate, num_updates)
     capture = CaptureOnTrainBegin(user_optimizer)
     monitor = _SweepMonitor(user_optimizer, sweep_optimizer, min_learning_rate, max_learning_rate,
                             num_updates, smoothing, divergence_factor)
@@ -356,14 +356,15 @@ def _check_batched(dataset: tf.data.Dataset) -> None:
             "x.batch(micro_batch_size).")
 
 
-def _copy_of(optimizer: keras.optimizers.Optimizer, model: keras.Model,
-             learning_rate: float) -> keras.optimizers.Optimizer:
-    """A new optimizer of the same class and configuration, at `learning_rate`, under the model's
-    strategy. The model's own rate or schedule is left out of the configuration (the sweep sets
-    the copy's rate), so a schedule that is not registered or has no `get_config` does not matter.
+def _copy_of(optimizer: keras.optimizers.Optimizer, model: keras.Model, first: float, last: float,
+             num_updates: int) -> keras.optimizers.Optimizer:
+    """A new optimizer of the same class and configuration, under the model's strategy, at the sweep's
+    rate: a variable or a schedule as the model's optimizer has one (so their variables match).
+    The model's own rate or schedule is left out of the configuration, so a schedule that is not
+    registered or has no `get_config` does not matter.
     """
     try:
-        config = optimizer_config_at_rate(optimizer, learning_rate)
+        config = optimizer_config_with_rate(optimizer, first, _SweepRate(first, last, num_updates, 0))
         with model.distribute_strategy.scope():
             return type(optimizer).from_config(config)
     except Exception as error:
