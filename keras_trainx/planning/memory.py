@@ -8,10 +8,10 @@ statistics, counting every tensor. On a CPU it depends on the allocator (measure
 - TensorFlow's BFC allocator counts every tensor; it serves the CPU when the environment variable
   `TF_CPU_ALLOCATOR_USE_BFC=true` is set before TensorFlow is imported, whatever oneDNN's setting.
 - oneDNN's allocator (on by default only on x86-64 CPUs with AVX-512 VNNI, AVX-512 BF16 or AMX,
-  or with `TF_ENABLE_ONEDNN_OPTS=1`) counts only tensors of 256 KiB and more: 100 tensors of
-  100 KB read as 0 bytes.
-- The plain allocator (oneDNN off: `TF_ENABLE_ONEDNN_OPTS=0`, or by default on AVX2-only CPUs)
-  keeps no statistics at all.
+  as TensorFlow 2.9's release notes say, or with `TF_ENABLE_ONEDNN_OPTS=1`) counts only tensors of
+  256 KiB and more: 100 tensors of 100 KB read as 0 bytes.
+- The plain allocator (oneDNN off: `TF_ENABLE_ONEDNN_OPTS=0`, or by default on other CPUs, such as
+  AVX2-only ones) keeps no statistics at all.
 
 `statistics_gap` says which, so that a memory budget is checked only against complete counts.
 Process memory (resident set size) does not serve on a CPU: TensorFlow's CPU allocator keeps the
