@@ -27,7 +27,7 @@ from keras_trainx import fit_accumulated
 from keras_trainx.compat import optimizer_config_with_rate
 from keras_trainx.extras import require
 from keras_trainx.planning.arguments import array_sample_count, check_compiled_model, check_finite, is_array_data
-from keras_trainx.planning.lr_rules import RULES, debiased_ema, suggest
+from keras_trainx.planning.lr_rules import debiased_ema, suggest
 from keras_trainx.planning.state import CaptureOnTrainBegin, fit_attributes, restore_fit_attributes
 from keras_trainx.validation import check_float, check_int
 
