@@ -73,13 +73,15 @@ def optimizer_config_with_rate(optimizer: Any, rate: float, schedule: Any) -> di
     schedule): the rate (`optimizer._learning_rate`) is read, and replaced in a shallow twin's
     `__dict__`, bypassing `__setattr__`, whose tracking and the public setter's untracking of a rate
     variable would reach the variable lists the twin shares with the user's optimizer. (`copy.copy`
-    does not serve: Keras objects copy through their config, which fails the same way.)
+    does not serve: Keras objects copy through their config, which fails the same way.) A
+    `LossScaleOptimizer`'s configuration holds its inner optimizer's whole, rate included.
     """
-    own = optimizer._learning_rate
-    replacement = rate if isinstance(own, keras.Variable) else schedule
     twin = object.__new__(type(optimizer))
     twin.__dict__.update(vars(optimizer), _learning_rate=rate)
-    return {**twin.get_config(), "learning_rate": replacement}
+    config = twin.get_config()
+    if "learning_rate" in config:  # a LossScaleOptimizer has none: its inner optimizer's is serialized
+        config["learning_rate"] = rate if isinstance(optimizer._learning_rate, keras.Variable) else schedule
+    return config
 
 
 def keras_mask(tensor: Any) -> Any:

@@ -294,19 +294,24 @@ class ScheduleWithoutConfig(keras.optimizers.schedules.LearningRateSchedule):
         return 0.1
 
 
-@pytest.mark.parametrize("schedule", [UnregisteredSchedule(0.1), ScheduleWithoutConfig()],
-                         ids=["unregistered", "without-get-config"])
-def test_a_users_own_schedule_is_swept_like_a_rate_variable(schedule):
-    """The sweep sets the copy's rate, so the sweep with a user's schedule equals the one with a float rate
-    (momentum copied either way), and the user's optimizer keeps its schedule."""
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: keras.optimizers.SGD(UnregisteredSchedule(0.1), momentum=0.9),
+    lambda: keras.optimizers.SGD(ScheduleWithoutConfig(), momentum=0.9),
+    lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9)),
+], ids=["unregistered-schedule", "schedule-without-get-config", "loss-scale-optimizer"])
+def test_the_sweep_does_not_depend_on_the_users_rate(make_optimizer):
+    """The sweep sets the copy's rate, so the sweep with a user's own schedule (or a LossScaleOptimizer,
+    whose power-of-two scaling is exact) equals the one with a float rate, and the user's optimizer
+    keeps its rate."""
     x, y, _, _ = least_squares(0)
-    sweep = dict(batch_size=32, accum_steps=8, min_learning_rate=1e-3, max_learning_rate=1.0, num_updates=8)
+    sweep = dict(batch_size=32, accum_steps=8, min_learning_rate=1e-3, max_learning_rate=100.0, num_updates=20)
     reference = keras_trainx.planning.lr_range_test(
         linear_model(0, optimizer=keras.optimizers.SGD(0.01, momentum=0.9)), x, y, **sweep)
-    model = linear_model(0, optimizer=keras.optimizers.SGD(schedule, momentum=0.9))
+    model = linear_model(0, optimizer=make_optimizer())
     result = keras_trainx.planning.lr_range_test(model, x, y, **sweep)
     np.testing.assert_array_equal(result.losses, reference.losses)
-    assert float(model.optimizer.learning_rate) == pytest.approx(0.1)  # the schedule at step 0
+    assert result.suggestions == reference.suggestions != {}
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.1)  # its rate at step 0
     assert int(model.optimizer.iterations) == 0
 
 
