@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import keras
 import tensorflow as tf
 from keras.src.backend.common.masking import get_keras_mask
 from keras.src.losses.loss import unscale_loss_for_distribution
@@ -57,6 +58,30 @@ def backup_metadata_path(callback: Any) -> str:
     (`_training_metadata_path`) has no public name.
     """
     return callback._training_metadata_path
+
+
+def optimizer_config_with_rate(optimizer: Any, rate: float, schedule: Any) -> dict:
+    """`optimizer.get_config()` with another learning rate: `schedule` (a `LearningRateSchedule`
+    instance) when the optimizer's own rate is a schedule or callable, else the float `rate`, so that
+    `from_config` makes an optimizer with a rate variable exactly when this one has one (the same
+    variables, whose values can be copied across).
+
+    `get_config` serializes a learning-rate schedule, which fails for a schedule without
+    `get_config`, and `from_config` cannot load a schedule that is not registered; a copy that sets
+    its own rate (the LR range test) needs neither. Keras has no public way to read the rest of the
+    configuration, nor whether the rate is a variable (`optimizer.learning_rate` evaluates a
+    schedule): the rate (`optimizer._learning_rate`) is read, and replaced in a shallow twin's
+    `__dict__`, bypassing `__setattr__`, whose tracking and the public setter's untracking of a rate
+    variable would reach the variable lists the twin shares with the user's optimizer. (`copy.copy`
+    does not serve: Keras objects copy through their config, which fails the same way.) A
+    `LossScaleOptimizer`'s configuration holds its inner optimizer's whole, rate included.
+    """
+    twin = object.__new__(type(optimizer))
+    twin.__dict__.update(vars(optimizer), _learning_rate=rate)
+    config = twin.get_config()
+    if "learning_rate" in config:  # a LossScaleOptimizer has none: its inner optimizer's is serialized
+        config["learning_rate"] = rate if isinstance(optimizer._learning_rate, keras.Variable) else schedule
+    return config
 
 
 def keras_mask(tensor: Any) -> Any:

@@ -8,6 +8,7 @@ the message alone tells the user the fix.
 import math
 import numbers
 import os
+import tempfile
 import warnings
 from collections.abc import Collection
 from typing import Any
@@ -137,10 +138,33 @@ def check_output_folder(name: str, value: Any) -> str:
     if not os.path.isdir(existing):
         raise ValueError(f"`{name}` cannot be created: {existing!r} is a file, not a folder; "
                          f"{_received(name, path)}.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"`{name}` cannot be written: no permission to write in {existing!r}; "
+    failure = write_failure(existing)
+    if failure:
+        raise ValueError(f"`{name}` cannot be written: creating a file in {existing!r} failed ({failure}); "
                          f"{_received(name, path)}.")
     return path
+
+
+def write_failure(folder: str) -> str:
+    """Why no file can be created in the existing folder `folder`, or `""` when one can.
+
+    A temporary file is created there and removed: `os.access` does not serve, since it answers
+    yes for root, and for folders such as /proc, where nothing can be created.
+
+    Example:
+
+    >>> import tempfile
+    >>> write_failure(tempfile.gettempdir())
+    ''
+    >>> write_failure("/proc")
+    'No such file or directory'
+    """
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return ""
 
 
 def renamed_argument(owner: str, old_name: str, old_value: Any, new_name: str, new_value: Any,

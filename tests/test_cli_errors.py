@@ -1,6 +1,7 @@
 """User mistakes on the command line: exit status 2 or 1, one line on stderr naming the file or
 option, no traceback, nothing trained first."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -88,12 +89,23 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys):
          "keras-trainx experiment: error: `--output-dir` must be a folder; received --output-dir='{p}/notes.txt', "
          "an existing file."),
         (lambda p: ["experiment", "batch-growth", "--epochs", "1"],
-         "keras-trainx experiment: error: `epochs` must be an int >= 2; received epochs=1."),
+         "keras-trainx experiment: error: --epochs must be >= 4: the rate is divided, or the batch multiplied, at "
+         "50% and 75% of the run, which must fall on distinct epochs after the first and before the last; received "
+         "--epochs 1"),
+        (lambda p: ["experiment", "batch-growth", "--epochs", "3"],
+         "keras-trainx experiment: error: --epochs must be >= 4: the rate is divided, or the batch multiplied, at "
+         "50% and 75% of the run, which must fall on distinct epochs after the first and before the last; received "
+         "--epochs 3"),
+        (lambda p: ["experiment", "batch-growth", "--epochs", "4", "--factor", "8"],
+         "keras-trainx experiment: error: `factor` makes the last effective batch 64 x 8**2 = 4096, more than the "
+         "1,437 training digits (a window would hold the whole epoch, and its size would not be that batch); choose "
+         "factor <= 4 or fewer milestones; received factor=8."),
         (lambda p: ["experiment", "batch-growth", "--seeds", "0,-1"],
          "keras-trainx experiment: error: --seeds must be ints >= 0; received 0,-1"),
     ],
     ids=["png-is-a-folder", "png-under-a-file", "demo-under-a-file", "experiment-under-a-file",
-         "experiment-onto-a-file", "growth-onto-a-file", "growth-one-epoch", "growth-negative-seed"],
+         "experiment-onto-a-file", "growth-onto-a-file", "growth-one-epoch", "growth-three-epochs",
+         "growth-final-batch-beyond-the-data", "growth-negative-seed"],
 )
 def test_unusable_output_paths_and_arguments_are_refused_before_any_work(tmp_path, capsys, make_argv, line):
     (tmp_path / "notes.txt").write_text("not a folder")
@@ -101,6 +113,32 @@ def test_unusable_output_paths_and_arguments_are_refused_before_any_work(tmp_pat
     assert cli.main(make_argv(tmp_path)) == 2
     assert capsys.readouterr().err == line.format(p=tmp_path) + "\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["folder.png", "notes.txt"]
+
+
+UNDER_PROC = "/proc/keras_trainx_output"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be created")
+@pytest.mark.parametrize("argv, line", [
+    (["demo", "--output-dir", UNDER_PROC],
+     "keras-trainx demo: error: `--output-dir` cannot be written: creating a file in '/proc' failed (No such file "
+     "or directory); received --output-dir='/proc/keras_trainx_output'."),
+    (["plot-schedule", "OneCycle", "--config", '{"max_learning_rate": 0.1, "total_steps": 10}', "--steps", "10",
+      "-o", UNDER_PROC + ".png"],
+     "keras-trainx plot-schedule: error: -o/--output '/proc/keras_trainx_output.png': cannot write in folder "
+     "'/proc' (No such file or directory)"),
+    (["experiment", "warmup", "--quick", "--no-plot", "--no-progress", "--output-dir", UNDER_PROC],
+     "keras-trainx experiment: error: `--output-dir` cannot be written: creating a file in '/proc' failed (No such "
+     "file or directory); received --output-dir='/proc/keras_trainx_output'."),
+    (["experiment", "batch-growth", "--quick", "--no-plot", "--no-progress", "--output-dir", "/proc"],
+     "keras-trainx experiment: error: `--output-dir` cannot be written: creating a file in '/proc' failed (No such "
+     "file or directory); received --output-dir='/proc'."),
+], ids=["demo", "plot-schedule", "warmup", "batch-growth-into-proc-itself"])
+def test_an_output_path_where_nothing_can_be_created_is_refused_before_any_work(capsys, argv, line):
+    """/proc exists and root may "write" there by os.access, but no file can be created in it: each command
+    used to end in a FileNotFoundError traceback, the experiments after their whole run."""
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == line + "\n"
 
 
 ARRAY = "must hold a serialized schedule: a JSON object with a \"class_name\" string and a \"config\" object"

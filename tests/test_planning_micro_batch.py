@@ -20,7 +20,6 @@ import tensorflow as tf
 
 import keras_trainx
 from keras_trainx.planning import micro_batch
-from keras_trainx.planning.memory import peak_memory_available
 
 MiB = 2**20
 
@@ -133,7 +132,40 @@ def test_a_prime_effective_batch_larger_than_what_fits_is_refused_with_targets_t
         "No divisor of effective_batch_size=37 between 2 and 8 (the largest micro-batch that trained) exists: "
         "37 is prime. Accumulating 37 micro-batches of 1 would leave that memory unused; choose an effective "
         "batch size that such a micro-batch divides, e.g. 32 = 8 x 4 or 40 = 8 x 5.")
-    assert [call[0] for call in checker.calls] == [1, 2, 4, 8, 16]
+    assert [call[0] for call in checker.calls] == [1, 2, 4, 8, 16, 12, 10, 9]  # 9 to 15: the largest that fits
+    checker.assert_restored()
+
+
+def test_the_refusal_names_the_largest_micro_batch_that_trains_divisor_or_not(monkeypatch):
+    """7 with out of memory above 3: the divisors 1 and 7 leave 3 unprobed; it is probed, fits and is named."""
+    layer = OutOfMemoryAbove(100)
+    model = trained_model(layer, run_eagerly=True)
+    layer.limit = 3
+    checker = StateChecker(model, monkeypatch)
+    x, y = data()
+    with pytest.raises(ValueError) as error:
+        keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=7)
+    assert str(error.value) == (
+        "No divisor of effective_batch_size=7 between 2 and 3 (the largest micro-batch that trained) exists: "
+        "7 is prime. Accumulating 7 micro-batches of 1 would leave that memory unused; choose an effective "
+        "batch size that such a micro-batch divides, e.g. 6 = 3 x 2 or 9 = 3 x 3.")
+    assert [call[0] for call in checker.calls] == [1, 2, 4, 3]
+    checker.assert_restored()
+
+
+def test_sizes_whose_data_exceeds_physical_memory_are_not_run(monkeypatch):
+    """A sample is 20 bytes (4 + 1 float32): with 160 bytes of "physical memory" two micro-batches of 4 fit,
+    of 8 do not, and are never allocated; 2**31, whose divisors are powers of 2, gives 4 x 2**29."""
+    model = trained_model(OutOfMemoryAbove(100), run_eagerly=True)
+    checker = StateChecker(model, monkeypatch)
+    monkeypatch.setattr(micro_batch, "physical_memory", lambda: 160)
+    x, y = data()
+    plan = keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=2**31)
+    assert (plan.micro_batch_size, plan.accum_steps) == (4, 2**29)
+    assert [call[0] for call in checker.calls] == [1, 2, 4]
+    assert plan.probes[-1] == micro_batch.MicroBatchProbe(
+        8, False, None, "its data (16 samples of 20 bytes, 320 bytes) exceeds the machine's physical memory "
+                        "(160 bytes); not run")
     checker.assert_restored()
 
 
@@ -149,31 +181,54 @@ def test_a_model_that_does_not_train_even_at_one_sample(monkeypatch):
     checker.assert_restored()
 
 
-def test_memory_budget_measured_by_the_allocator():
-    """4 MiB per sample: 8 samples hold 32 MiB, 12 hold 48 MiB; a 40 MiB budget stops at 8 (of 48 = 8 x 6).
+BUDGET_REFUSED = ("memory_budget needs TensorFlow's allocator statistics of every tensor, and {gap}: set the "
+                  "environment variable TF_CPU_ALLOCATOR_USE_BFC=true before TensorFlow is imported (e.g. "
+                  "`TF_CPU_ALLOCATOR_USE_BFC=true python train.py`): TensorFlow's BFC allocator then counts every "
+                  "tensor on the CPU; received memory_budget=1073741824. Or pass memory_budget=None.")
+
+
+@pytest.mark.parametrize("onednn, bfc, outcome", [
+    ("0", None, BUDGET_REFUSED.format(gap="CPU:0 keeps no allocator statistics here (TF_ENABLE_ONEDNN_OPTS is "
+                                          "'0')")),
+    ("1", None, BUDGET_REFUSED.format(gap="CPU:0's allocator here (oneDNN's; TF_ENABLE_ONEDNN_OPTS is '1') leaves "
+                                          "tensors under 256 KiB out of its statistics")),
+    ("0", "true", "budget case passed"),
+    ("1", "true", "budget case passed"),
+], ids=["onednn-off", "onednn-on", "onednn-off-bfc", "onednn-on-bfc"])
+def test_memory_budget_under_both_onednn_settings(onednn, bfc, outcome):
+    """Each setting in a fresh process (TensorFlow reads them when it loads). Without
+    TF_CPU_ALLOCATOR_USE_BFC a budget is refused, saying what to set: the plain allocator (oneDNN off, as
+    on AVX2-only CPUs by default) keeps no statistics, oneDNN's leaves tensors under 256 KiB out; with it
+    the budget is measured, whatever oneDNN's setting.
 
     The budget counts everything the device holds, so the case runs in a fresh process: inside the
     full suite, other tests' tensors come and go during the probes by more than the 8 MiB margin.
     """
     script = ("import sys, pytest; sys.path.insert(0, sys.argv[1]); import test_planning_micro_batch as t\n"
               "with pytest.MonkeyPatch.context() as monkeypatch: t.memory_budget_case(monkeypatch)")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS=onednn)
+    env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+    env.update({"TF_CPU_ALLOCATOR_USE_BFC": bfc} if bfc else {})
     result = subprocess.run([sys.executable, "-c", script, str(pathlib.Path(__file__).parent)],
-                            capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    if "SKIP:" in result.stdout:
-        pytest.skip(result.stdout.split("SKIP:", 1)[1].strip())
+                            capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "budget case passed"
+    assert result.stdout.strip() == outcome
 
 
 def memory_budget_case(monkeypatch):
-    """The budget case's assertions, run by the test above in a process of its own."""
-    if not peak_memory_available(("CPU:0",)):
-        print("SKIP: TensorFlow's CPU allocator keeps no statistics here (TF_ENABLE_ONEDNN_OPTS=0)")
-        return
+    """The budget case's assertions, run by the test above in a process of its own: 4 MiB per sample,
+    8 samples hold 32 MiB, 12 hold 48 MiB; a 40 MiB budget stops at 8 (of 48 = 8 x 6); a budget of 1 byte
+    fits nothing. Prints the refusal instead when the allocator does not count every tensor."""
     model = trained_model(FourMiBPerSample(), run_eagerly=False)
-    checker = StateChecker(model, monkeypatch)
     x, y = data()
+    try:
+        keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=8, memory_budget=2**30)
+    except ValueError as error:
+        print(error)
+        return
+    with pytest.raises(MemoryError, match=r"^Even a micro-batch of 1 does not train: over the memory budget "):
+        keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=8, memory_budget=1)
+    checker = StateChecker(model, monkeypatch)
     budget = tf.config.experimental.get_memory_info("CPU:0")["current"] + 40 * MiB
     result = keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=48,
                                                          memory_budget=budget)
@@ -190,13 +245,10 @@ def memory_budget_case(monkeypatch):
     print("budget case passed")
 
 
-def test_a_budget_without_allocator_statistics_is_refused(monkeypatch):
-    monkeypatch.setattr(micro_batch, "peak_memory_available", lambda devices: False)
+def test_without_complete_statistics_no_peak_is_reported(monkeypatch):
+    monkeypatch.setattr(micro_batch, "statistics_gap", lambda devices: "CPU:0 keeps no allocator statistics here")
     model = trained_model(OutOfMemoryAbove(100), run_eagerly=True)
     x, y = data()
-    with pytest.raises(ValueError, match=r"^memory_budget needs TensorFlow's allocator statistics, which CPU:0 "
-                                         r"does not keep here"):
-        keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=8, memory_budget=2**30)
     plan = keras_trainx.planning.find_micro_batch_size(model, x, y, effective_batch_size=2)
     assert plan.peak_memory is None and [p.peak_memory for p in plan.probes] == [None, None]
 

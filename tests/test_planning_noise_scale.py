@@ -89,6 +89,23 @@ def test_windows_of_one_micro_batch_give_no_estimate_and_smoothing_is_debiased()
     assert noise.noise_scale == float("inf")
 
 
+@pytest.mark.parametrize("samples, accum_steps, nan_epochs", [(8, 4, 3), (64, {0: 1, 2: 4}, 2)],
+                         ids=["data-smaller-than-a-window", "schedule-at-1"])
+def test_epochs_without_an_estimate_warn_once(samples, accum_steps, nan_epochs):
+    """Windows of one micro-batch give no estimate: the NaN epochs come with one warning saying why."""
+    x, y, _ = _least_squares()
+    with pytest.warns(UserWarning) as caught:
+        history = keras_trainx.fit_accumulated(_still_model(), x[:samples], y[:samples], batch_size=8,
+                                               accum_steps=accum_steps, epochs=3, callbacks=[GradientNoiseScale()],
+                                               verbose=0)
+    values = history.history["gradient_noise_scale"]
+    assert np.isnan(values[:nan_epochs]).all() and np.isfinite(values[nan_epochs:]).all()
+    assert [str(w.message) for w in caught if "GradientNoiseScale" in str(w.message)] == [
+        "GradientNoiseScale has no estimate after epoch 1: every window so far held a single micro-batch "
+        "(accum_steps of 1 in this epoch, or less data than two micro-batches), which gives no second batch size, "
+        "so gradient_noise_scale is NaN until a window holds two."]
+
+
 def test_misuse_is_refused_with_the_fix():
     x, y, _ = _least_squares()
     model = _still_model()

@@ -1,5 +1,5 @@
 """Every rejected value of the public entry points of schedules, hard_mish, fit_accumulated, distribute,
-saving and the demo.
+saving, the demo, the experiments and the planning tools.
 
 (Data arguments: tests/test_data_arguments.py; the command line: tests/test_cli_errors.py.)
 
@@ -27,7 +27,8 @@ import keras
 import keras_trainx
 from keras_trainx import demo, distribute, saving, schedules
 from keras_trainx.data import AugmentedSequence
-from keras_trainx.experiments import warmup_schedule
+from keras_trainx.experiments import growth_plan, warmup_schedule
+from keras_trainx.planning import lr_range_test
 from keras_trainx.schedules import CosineAnnealingWarmupRestarts as Restarts
 from keras_trainx.schedules import OneCycle
 
@@ -53,6 +54,16 @@ def _with_tf_config(config):
             del os.environ["TF_CONFIG"]
         else:
             os.environ["TF_CONFIG"] = previous
+
+
+_X, _Y = np.zeros((64, 2), np.float32), np.ones((64, 1), np.float32)
+_X_NAN = np.where(np.arange(64)[:, None] == 3, np.nan, _X).astype(np.float32)
+
+
+def _dataset():
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((_X, _Y))
 
 
 ANNEALS = "Each cycle anneals from its peak max_learning_rate down to min_learning_rate."
@@ -278,6 +289,28 @@ CASES = [
      f"output_dir={os.path.join(__file__, 'models')!r}."),
     (lambda: demo.run(seed=-1), ValueError, "`seed` must be an int >= 0 and <= 4294967295; received seed=-1."),
     (lambda: demo.run(verbose=3), ValueError, "`verbose` must be an int >= 0 and <= 2; received verbose=3."),
+    (lambda: demo.run(output_dir="/proc/models"), ValueError,
+     "`output_dir` cannot be written: creating a file in '/proc' failed (No such file or directory); received "
+     "output_dir='/proc/models'."),
+    # the batch-growth experiment's plan
+    (lambda: growth_plan(8, factor=8), ValueError,
+     "`factor` makes the last effective batch 64 x 8**2 = 4096, more than the 1,437 training digits (a window would "
+     "hold the whole epoch, and its size would not be that batch); choose factor <= 4 or fewer milestones; received "
+     "factor=8."),
+    # the planning tools' data (issue #26): refused before any training
+    (lambda: lr_range_test(_model(), _X_NAN, _Y, batch_size=8), ValueError,
+     "`x` holds values that are not finite (NaN or inf) in 1 sample, the first at index 3: their loss is not finite "
+     "at any learning rate. Remove or repair those samples."),
+    (lambda: lr_range_test(_model(), _X, _Y, batch_size=8, accum_steps=10**9), ValueError,
+     "`batch_size` x `accum_steps` (the effective batch, 8 x 1000000000 = 8000000000) must be at most the 64 samples "
+     "of `x`: an update holds one effective batch, which would repeat samples. Pass more data, or a smaller "
+     "batch_size or accum_steps."),
+    (lambda: lr_range_test(_model(), _dataset().batch(8), accum_steps=9), ValueError,
+     "`accum_steps` must be at most the 8 micro-batches of the dataset `x` (an update holds accum_steps of them; "
+     "more would repeat micro-batches within one update); received accum_steps=9."),
+    (lambda: lr_range_test(_model(), _dataset(), accum_steps=2), ValueError,
+     "`x` must be a tf.data.Dataset of micro-batches; its elements are single samples (shapes (2,), (1,) share no "
+     "leading batch dimension). Batch it: x.batch(micro_batch_size)."),
 ]
 
 

@@ -17,6 +17,7 @@ over replicas, so they stay unbiased, at a smaller small batch than on one devic
 """
 
 import math
+import warnings
 from typing import Any
 
 import keras
@@ -79,6 +80,7 @@ class GradientNoiseScale(keras.callbacks.Callback):
         self.updates = 0
         self._seen = 0
         self._armed = False
+        self._warned = False
 
     def attach(self, armed: bool) -> None:
         """Called by `fit_accumulated` around the run it measures."""
@@ -92,6 +94,7 @@ class GradientNoiseScale(keras.callbacks.Callback):
             )
         self._trace_sum = self._gradient_sum = 0.0
         self.updates = self._seen = 0
+        self._warned = False
 
     def measures_next(self) -> bool:
         """Whether the next update is one that `every` measures (`fit_accumulated` asks before each)."""
@@ -132,6 +135,12 @@ class GradientNoiseScale(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
             logs["gradient_noise_scale"] = self.noise_scale
+        if not self.updates and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"GradientNoiseScale has no estimate after epoch {epoch + 1}: every window so far held a single "
+                "micro-batch (accum_steps of 1 in this epoch, or less data than two micro-batches), which gives no "
+                "second batch size, so gradient_noise_scale is NaN until a window holds two.", stacklevel=2)
 
     def get_config(self) -> dict[str, Any]:
         return {"smoothing": self.smoothing, "every": self.every}

@@ -13,6 +13,9 @@ import time
 from keras_trainx.cli.errors import CommandError
 from keras_trainx.cli.reports import add_output_arguments, int_list, prepare_output, write_reports
 
+#: The shortest run whose milestones, 50% and 75% of it, fall on distinct epochs (2 and 3).
+MINIMUM_EPOCHS = 4
+
 EXAMPLES = """examples:
   keras-trainx experiment batch-growth --quick        # 2 runs, about a minute on 2 cores
   keras-trainx experiment batch-growth                # the README's table: 6 runs of 30 epochs
@@ -32,10 +35,11 @@ def register(experiments: argparse._SubParsersAction) -> None:
                         help=f"seeds {_join(GROWTH_QUICK['seeds'])}, {GROWTH_QUICK['epochs']} epochs "
                              f"(default: seeds {_join(GROWTH_FULL['seeds'])}, {GROWTH_FULL['epochs']} epochs)")
     growth.add_argument("--seeds", type=int_list, help="comma-separated seeds (overrides the preset)")
-    growth.add_argument("--epochs", type=int, help="epochs per run (overrides the preset)")
+    growth.add_argument("--epochs", type=int, help=f"epochs per run, >= {MINIMUM_EPOCHS} (overrides the preset)")
     growth.add_argument("--learning-rate", type=float, default=0.4, help="the starting rate (default 0.4)")
     growth.add_argument("--factor", type=int, default=4,
-                        help="rate divided / batch multiplied at each milestone (default 4)")
+                        help="rate divided / batch multiplied at each milestone (default 4, the largest whose "
+                             "final batch, 64 x 4 x 4 = 1024, fits in the 1,437 training digits)")
     add_output_arguments(growth, "keras_trainx_batch_growth")
     growth.set_defaults(func=run)
 
@@ -47,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     preset = GROWTH_QUICK if args.quick else GROWTH_FULL
     seeds = args.seeds or list(preset["seeds"])
     epochs = args.epochs if args.epochs is not None else preset["epochs"]
+    if epochs < MINIMUM_EPOCHS:
+        raise CommandError(
+            f"--epochs must be >= {MINIMUM_EPOCHS}: the rate is divided, or the batch multiplied, at 50% and 75% of "
+            f"the run, which must fall on distinct epochs after the first and before the last; received --epochs "
+            f"{epochs}", status=2)
     try:
         growth_plan(epochs, learning_rate=args.learning_rate, factor=args.factor)
         if any(seed < 0 for seed in seeds):

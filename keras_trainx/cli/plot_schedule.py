@@ -8,6 +8,7 @@ import keras
 
 from keras_trainx import saving, schedules
 from keras_trainx.cli.errors import CommandError
+from keras_trainx.validation import write_failure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +63,9 @@ def _check_output(output: str) -> None:
         raise CommandError(f"-o/--output {output!r}: {directory!r} is a file, not a folder", status=2)
     if not os.path.isdir(directory):
         raise CommandError(f"-o/--output {output!r}: folder {directory!r} does not exist", status=2)
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise CommandError(f"-o/--output {output!r}: no permission to write in folder {directory!r}", status=2)
+    failure = write_failure(directory)
+    if failure:
+        raise CommandError(f"-o/--output {output!r}: cannot write in folder {directory!r} ({failure})", status=2)
 
 
 _JSON_KINDS = {int: "number", float: "number", str: "string", list: "array", bool: "true/false",

@@ -40,7 +40,9 @@ def growth_plan(epochs: int, *, micro_batch: int = 64, learning_rate: float = 0.
         epochs: the run's length (int >= 2).
         micro_batch: the micro-batch (and the batch of "decay the rate").
         learning_rate: the starting rate of both arms.
-        factor: what the rate is divided, or the batch multiplied, by at each milestone (int >= 2).
+        factor: what the rate is divided, or the batch multiplied, by at each milestone (int >= 2);
+            the last effective batch, `micro_batch * factor**len(milestones)`, must fit in the
+            1,437 training digits.
         milestones: strictly increasing fractions of the run in (0, 1), rounded to whole epochs.
 
     Returns:
@@ -68,6 +70,14 @@ def growth_plan(epochs: int, *, micro_batch: int = 64, learning_rate: float = 0.
             f"`milestones` must fall on strictly increasing epochs after the first and before the end of {epochs}; "
             f"received milestones={list(milestones)} (epochs {at})."
         )
+    final = micro_batch * factor ** len(at)
+    if final > TRAIN_SIZE:
+        largest = max((f for f in range(2, factor) if micro_batch * f ** len(at) <= TRAIN_SIZE), default=None)
+        fix = f"choose factor <= {largest}" if largest else "choose a smaller micro_batch"
+        raise ValueError(
+            f"`factor` makes the last effective batch {micro_batch} x {factor}**{len(at)} = {final}, more than the "
+            f"{TRAIN_SIZE:,} training digits (a window would hold the whole epoch, and its size would not be that "
+            f"batch); {fix} or fewer milestones; received factor={factor}.")
     per_epoch = updates_per_epoch(TRAIN_SIZE, micro_batch)
     decay = keras.optimizers.schedules.PiecewiseConstantDecay(
         epochs_to_steps(at, per_epoch), [learning_rate / factor**i for i in range(len(at) + 1)])

@@ -1,4 +1,5 @@
-"""Argument checks the planning tools share: a compiled model, and array data with its sample count."""
+"""Argument checks the planning tools share: a compiled model, and array data with its sample count and
+finite values."""
 
 from typing import Any
 
@@ -48,3 +49,27 @@ def array_sample_count(x: Any, y: Any) -> int:
         raise ValueError(f"`x` and `y` must hold the same number of samples, at least 1; received arrays of "
                          f"{' and '.join(map(str, lengths))} samples.")
     return lengths[0]
+
+
+def check_finite(name: str, data: Any) -> None:
+    """Raises unless every floating-point value of the arrays `data` (None passes) is finite.
+
+    Example:
+
+    >>> import numpy as np
+    >>> check_finite("y", {"a": np.array([[1.0], [np.inf], [np.nan]])})
+    Traceback (most recent call last):
+    ...
+    ValueError: `y` holds values that are not finite (NaN or inf) in 2 samples, the first at index 1: their loss is not finite at any learning rate. Remove or repair those samples.
+    """
+    bad = np.zeros(0, dtype=bool)
+    for leaf in tf.nest.flatten(data) if data is not None else []:
+        values = np.asarray(leaf)
+        if np.issubdtype(values.dtype, np.inexact):
+            samples = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
+            bad = samples if not bad.size else bad | samples
+    if bad.any():
+        raise ValueError(
+            f"`{name}` holds values that are not finite (NaN or inf) in {int(bad.sum())} sample"
+            f"{'s' if bad.sum() > 1 else ''}, the first at index {int(np.argmax(bad))}: their loss is not finite "
+            "at any learning rate. Remove or repair those samples.")

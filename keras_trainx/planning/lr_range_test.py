@@ -24,9 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_trainx import fit_accumulated
+from keras_trainx.compat import optimizer_config_with_rate
 from keras_trainx.extras import require
-from keras_trainx.planning.arguments import array_sample_count, check_compiled_model, is_array_data
-from keras_trainx.planning.lr_rules import RULES, debiased_ema, suggest
+from keras_trainx.planning.arguments import array_sample_count, check_compiled_model, check_finite, is_array_data
+from keras_trainx.planning.lr_rules import debiased_ema, suggest
 from keras_trainx.planning.state import CaptureOnTrainBegin, fit_attributes, restore_fit_attributes
 from keras_trainx.validation import check_float, check_int
 
@@ -40,8 +41,9 @@ class LRRangeTestResult:
         losses: each update's loss, the big-batch loss of its window before the update.
         smoothed_losses: `losses` smoothed with the bias-corrected moving average.
         suggestions: `{rule: learning rate}` for the rules of `keras_trainx.planning.RULES`
-            (`"steepest"`, `"minimum/10"`, `"valley"`); empty when the sweep diverged too early
-            to suggest anything (`stop_reason` says so).
+            (`"minimum/10"`); empty, with a warning and `stop_reason` saying why, when the sweep
+            cannot support a suggestion: the first loss is not finite, the sweep diverged too
+            early, the smoothed loss never fell, or it never turned up.
         stop_reason: why the sweep ended: all updates ran, or the smoothed loss diverged.
         effective_batch_size: samples per update (`batch_size * accum_steps`), or `None` when
             the data was a `tf.data.Dataset` (its batch size is the dataset's).
@@ -117,7 +119,8 @@ def lr_range_test(
     min_learning_rate) ** (i / (num_updates - 1))` on one window of `fit_accumulated`. Each
     update's big-batch loss is recorded and smoothed with a bias-corrected moving average; the
     sweep stops early once the smoothed loss exceeds `divergence_factor` times its lowest value
-    (or a loss is not finite). Rules then suggest rates (`keras_trainx.planning.RULES`).
+    (or a loss is not finite). Rules then suggest rates (`keras_trainx.planning.RULES`), unless
+    the curve cannot support one (a warning says why, and what to change).
 
     The model trains with a copy of its optimizer (same class and configuration, state copied),
     whose rate the sweep sets at every update; the model's own optimizer is left untouched, and
@@ -154,8 +157,8 @@ def lr_range_test(
     >>> result = keras_trainx.planning.lr_range_test(
     ...     model, x, y, batch_size=32, accum_steps=8, min_learning_rate=1e-4,
     ...     max_learning_rate=10.0, num_updates=40)
-    >>> sorted(result.suggestions)
-    ['minimum/10', 'steepest', 'valley']
+    >>> list(result.suggestions)
+    ['minimum/10']
     >>> all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     True
     """
@@ -174,7 +177,7 @@ def lr_range_test(
     check_compiled_model(model, "lr_range_test")
 
     user_optimizer = model.optimizer
-    sweep_optimizer = _copy_of(user_optimizer, model)
+    sweep_optimizer = _copy_of(user_optimizer, model, min_learning_rate, max_learning_rate, num_updates)
     capture = CaptureOnTrainBegin(user_optimizer)
     monitor = _SweepMonitor(user_optimizer, sweep_optimizer, min_learning_rate, max_learning_rate,
                             num_updates, smoothing, divergence_factor)
@@ -191,14 +194,43 @@ def lr_range_test(
     losses = np.array(monitor.losses)
     rates = _sweep_rates(min_learning_rate, max_learning_rate, num_updates)[:len(losses)]
     smoothed = debiased_ema(losses, smoothing)
-    suggestions = suggest(rates, smoothed, skip=num_updates // 10)
+    skip = num_updates // 10
+    suggestions, unsupported = suggest(rates, losses, smoothed, skip=skip)
     stop_reason = monitor.stop_reason or f"ran all {num_updates} updates"
-    if not suggestions:
-        stop_reason += (f"; too few updates before divergence to suggest a rate: lower "
-                        f"min_learning_rate={min_learning_rate:g}")
+    why_none = _why_no_suggestion(losses, smoothed, bool(monitor.stop_reason), unsupported, min_learning_rate,
+                                  max_learning_rate)
+    if why_none:
+        suggestions = {}
+        stop_reason += f"; {why_none}"
         warnings.warn(f"lr_range_test {stop_reason}.", stacklevel=2)
     return LRRangeTestResult(rates, losses, smoothed, suggestions, stop_reason, effective_batch_size,
                              accum_steps)
+
+
+def _why_no_suggestion(losses: np.ndarray, smoothed: np.ndarray, stopped: bool, unsupported: str, first: float,
+                       last: float) -> str:
+    """Why the sweep supports no suggestion, with what to change, or `""` when it supports one.
+
+    `unsupported` is why the rules suggested nothing (`lr_rules.suggest`). The first loss is
+    computed before any update, so when it is not finite no rate is at fault; too few usable
+    updates mean the sweep diverged at once; a smoothed loss that never fell has a model or data
+    that this loss does not respond to, or a sweep that began too high; and a complete sweep whose
+    smoothed minimum is its last update never reached the rates where training diverges.
+    """
+    if not np.isfinite(losses[0]):
+        return (f"the loss of update 1, computed before any update, is {losses[0]}: the data or the model's "
+                "initial weights give a non-finite loss, which no learning rate changes; check them for NaN "
+                "and inf")
+    if unsupported.startswith("only"):
+        return f"too few updates before divergence to suggest a rate: lower min_learning_rate={first:g}"
+    if unsupported:
+        return (f"the smoothed loss did not fall ({unsupported}), so no rate is suggested: either this loss does "
+                "not fall at any rate (targets the inputs do not predict, a loss that is 0 already) or every rate "
+                f"of the sweep is too high (lower min_learning_rate={first:g})")
+    if not stopped and int(np.argmin(smoothed)) == len(smoothed) - 1:
+        return (f"the smoothed loss still fell at the last update (rate {last:g}): the sweep never reached the "
+                f"rates where training diverges, so no rate is suggested; raise max_learning_rate={last:g}")
+    return ""
 
 
 def _sweep_rates(first: float, last: float, num_updates: int) -> np.ndarray:
@@ -281,6 +313,13 @@ def _sweep_data(x: Any, y: Any, batch_size: int | None, accum_steps: int) -> tup
         if batch_size is not None:
             raise ValueError("`batch_size` must be None when `x` is a tf.data.Dataset (the dataset "
                              f"yields micro-batches); received batch_size={batch_size!r}.")
+        _check_batched(x)
+        micro_batches = int(x.cardinality())
+        if 0 <= micro_batches < accum_steps:
+            raise ValueError(
+                f"`accum_steps` must be at most the {micro_batches} micro-batches of the dataset `x` (an update "
+                f"holds accum_steps of them; more would repeat micro-batches within one update); received "
+                f"accum_steps={accum_steps}.")
         return x.repeat(), None
     if not is_array_data(x):
         raise TypeError(
@@ -292,22 +331,47 @@ def _sweep_data(x: Any, y: Any, batch_size: int | None, accum_steps: int) -> tup
                         "batch_size=None.")
     batch_size = check_int("batch_size", batch_size, minimum=1, hint="It is the micro-batch size.")
     samples = array_sample_count(x, y)
+    if batch_size * accum_steps > samples:
+        raise ValueError(
+            f"`batch_size` x `accum_steps` (the effective batch, {batch_size} x {accum_steps} = "
+            f"{batch_size * accum_steps}) must be at most the {samples} samples of `x`: an update holds one "
+            "effective batch, which would repeat samples. Pass more data, or a smaller batch_size or accum_steps.")
+    check_finite("x", x)
+    check_finite("y", y)
     arrays = (x,) if y is None else (x, y)
     dataset = (tf.data.Dataset.from_tensor_slices(arrays).shuffle(samples).repeat()
                .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
     return dataset, batch_size * accum_steps
 
 
-def _copy_of(optimizer: keras.optimizers.Optimizer, model: keras.Model) -> keras.optimizers.Optimizer:
-    """A new optimizer of the same class and configuration, under the model's strategy."""
+def _check_batched(dataset: tf.data.Dataset) -> None:
+    """Raises when `dataset` yields single samples, which a batched dataset cannot: a scalar
+    element, or elements whose leading (batch) dimensions differ."""
+    shapes = [spec.shape for spec in tf.nest.flatten(dataset.element_spec) if hasattr(spec, "shape")]
+    leading = {shape[0] for shape in shapes if shape.rank}
+    if any(shape.rank == 0 for shape in shapes) or len(leading) > 1 and None not in leading:
+        raise ValueError(
+            "`x` must be a tf.data.Dataset of micro-batches; its elements are single samples (shapes "
+            f"{', '.join(str(tuple(shape)) for shape in shapes)} share no leading batch dimension). Batch it: "
+            "x.batch(micro_batch_size).")
+
+
+def _copy_of(optimizer: keras.optimizers.Optimizer, model: keras.Model, first: float, last: float,
+             num_updates: int) -> keras.optimizers.Optimizer:
+    """A new optimizer of the same class and configuration, under the model's strategy, at the sweep's
+    rate: a variable or a schedule as the model's optimizer has one (so their variables match).
+    The model's own rate or schedule is left out of the configuration, so a schedule that is not
+    registered or has no `get_config` does not matter.
+    """
     try:
+        config = optimizer_config_with_rate(optimizer, first, _SweepRate(first, last, num_updates, 0))
         with model.distribute_strategy.scope():
-            return type(optimizer).from_config(optimizer.get_config())
+            return type(optimizer).from_config(config)
     except Exception as error:
         raise TypeError(
             f"lr_range_test trains a copy of the model's optimizer, made with "
-            f"{type(optimizer).__name__}.from_config(optimizer.get_config()), which failed: {error}. "
-            "Give the optimizer class a get_config() that mirrors its __init__.") from error
+            f"{type(optimizer).__name__}.from_config(optimizer.get_config()) (its learning rate left out), "
+            f"which failed: {error}. Give the optimizer class a get_config() that mirrors its __init__.") from error
 
 
 def _copy_optimizer_state(source: keras.optimizers.Optimizer, target: keras.optimizers.Optimizer) -> None:

@@ -6,23 +6,28 @@ from `average_0 = 0`, reported as `average_t / (1 - smoothing**t)`. So every smo
 weighted mean of the losses so far, with weights that sum to one; without the correction the first
 values would be pulled towards the zero it starts from.
 
-The rules (fastai's names and definitions; each takes the rates and smoothed losses of the updates
-before divergence, after the first tenth of the planned sweep, whose averages still rest on few
-losses):
+The rule, `"minimum/10"` (fastai's name and definition): a tenth of the rate at the smoothed loss'
+minimum (the minimum is where training starts to diverge; a tenth of it is safely below). It reads
+the rates and smoothed losses of the updates before divergence, after the first tenth of the
+planned sweep, whose averages still rest on few losses; it suggests nothing when the minimum lies
+among the first 3 of those updates (the loss did not fall before it turned).
 
-- `"steepest"`: the rate where the smoothed loss falls fastest against log(rate), up to its minimum.
-- `"minimum/10"`: a tenth of the rate at the smoothed loss' minimum (the minimum is where training
-  starts to diverge; a tenth of it is safely below).
-- `"valley"`: the rate halfway (in updates) through the longest valley, the longest strictly
-  decreasing subsequence of the smoothed loss up to its minimum.
+fastai's `"steepest"` (where the smoothed loss falls fastest against log(rate)) and `"valley"`
+(halfway through the longest decreasing stretch) are not offered: on least squares with the
+default sweep they left the stable range `[0.1/L, 2/L)` (L the Hessian's largest eigenvalue):
+"steepest" reached 2.47/L at condition number 100, since the heavily smoothed loss falls fastest
+after the raw loss has; "valley" gave 0.009-0.04/L, halfway (in log rate) between
+`min_learning_rate` and the minimum whenever the loss falls at every update, a place set by
+`min_learning_rate` rather than by the model. "minimum/10" landed at 1.29-1.59/L there
+(tests/test_planning_lr_range_test.py).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 #: The suggestion rules, in the order results report them.
-RULES = ("steepest", "minimum/10", "valley")
+RULES = ("minimum/10",)
 
 
 def debiased_ema(losses: Sequence[float] | np.ndarray, smoothing: float) -> np.ndarray:
@@ -47,54 +52,60 @@ def debiased_ema(losses: Sequence[float] | np.ndarray, smoothing: float) -> np.n
     return smoothed
 
 
-def suggest(learning_rates: np.ndarray, smoothed_losses: np.ndarray, skip: int) -> dict[str, float]:
-    """The learning rate each rule of `RULES` suggests.
+def suggest(learning_rates: np.ndarray, losses: np.ndarray, smoothed_losses: np.ndarray,
+            skip: int) -> tuple[dict[str, float], str]:
+    """The learning rate each rule of `RULES` suggests, or why the curve supports none.
+
+    The rules read the usable updates: after the first `skip`, up to the first non-finite
+    smoothed loss. They need the smoothed loss to fall before its minimum: the minimum must come
+    after the first 3 usable updates, and the fall from the first usable value to the minimum
+    must exceed the noise of the raw loss (`loss_noise` over the same updates), else a
+    minimum that noise placed would pass for a turn.
 
     Args:
         learning_rates: the rates of the updates, increasing.
+        losses: the raw losses of the updates.
         smoothed_losses: their smoothed losses; non-finite values end the usable part.
         skip: leading updates to leave out (their averages rest on few losses).
 
     Returns:
-        `{rule: rate}` in the order of `RULES`; empty when fewer than 3 updates are usable.
+        `({rule: rate}, "")` in the order of `RULES`, or `({}, why)`: why starts with "only"
+        when fewer than 3 updates are usable, else says how the smoothed loss failed to fall.
 
     Example:
 
     >>> rates = np.array([1e-3, 1e-2, 1e-1, 1.0, 10.0])
-    >>> suggest(rates, np.array([5.0, 4.0, 1.0, 0.5, 2.0]), skip=0)
-    {'steepest': 0.01, 'minimum/10': 0.1, 'valley': 0.01}
+    >>> suggest(rates, np.array([5.0, 3.0, 1.0, 0.5, 9.0]), np.array([5.0, 4.0, 1.0, 0.5, 2.0]), skip=0)
+    ({'minimum/10': 0.1}, '')
+    >>> suggest(rates, np.array([5.0, 6.0, 7.0, 9.0, 9.0]), np.array([5.0, 5.5, 6.0, 7.0, 9.0]), skip=0)
+    ({}, 'its lowest value is at update 1 (rate 0.001), among the first 3 the rule reads')
     """
     finite = np.isfinite(smoothed_losses)
     end = int(np.argmin(finite)) if not finite.all() else len(smoothed_losses)
-    rates, losses = learning_rates[skip:end], smoothed_losses[skip:end]
-    if len(losses) < 3:
-        return {}
-    lowest = int(np.argmin(losses))
-    rates, losses = rates[:lowest + 1], losses[:lowest + 1]
-    rules: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-        "steepest": _steepest, "minimum/10": _minimum_over_10, "valley": _valley,
-    }
-    return {name: rules[name](rates, losses) for name in RULES}
+    rates, smoothed = learning_rates[skip:end], smoothed_losses[skip:end]
+    if len(smoothed) < 3:
+        return {}, f"only {len(smoothed)} usable updates"
+    lowest = int(np.argmin(smoothed))
+    if lowest < 2:
+        return {}, (f"its lowest value is at update {skip + lowest + 1} (rate {rates[lowest]:.3g}), among the "
+                    "first 3 the rule reads")
+    fall, noise = smoothed[0] - smoothed[lowest], loss_noise(losses[skip:skip + lowest + 1])
+    if fall <= noise:
+        return {}, (f"it fell by {fall:.3g} to its lowest value, no more than the loss varies from one update "
+                    f"to the next ({noise:.3g})")
+    return {"minimum/10": float(rates[lowest]) / 10.0}, ""
 
 
-def _steepest(rates: np.ndarray, losses: np.ndarray) -> float:
-    if len(losses) < 2:
-        return float(rates[0])
-    slopes = np.diff(losses) / np.diff(np.log(rates))
-    return float(rates[int(np.argmin(slopes))])
+def loss_noise(losses: np.ndarray) -> float:
+    """The update-to-update noise of `losses`: the standard deviation of one loss, estimated from the
+    median absolute second difference of consecutive losses (a straight stretch of the curve drops
+    out, and outliers barely count): `median(|losses[i] - 2 losses[i+1] + losses[i+2]|) / (0.6745 *
+    sqrt(6))`, exact for independent normal noise (a second difference has variance 6 sigma^2).
 
+    Example:
 
-def _minimum_over_10(rates: np.ndarray, losses: np.ndarray) -> float:
-    return float(rates[-1]) / 10.0
-
-
-def _valley(rates: np.ndarray, losses: np.ndarray) -> float:
-    """Halfway through the longest strictly decreasing subsequence (first index on ties)."""
-    length = np.ones(len(losses), dtype=int)
-    first = np.arange(len(losses))
-    for i in range(1, len(losses)):
-        for j in range(i):
-            if losses[i] < losses[j] and length[j] + 1 > length[i]:
-                length[i], first[i] = length[j] + 1, first[j]
-    end = int(np.argmax(length))
-    return float(rates[(int(first[end]) + end) // 2])
+    >>> losses = np.linspace(9.0, 5.0, 10_000) + np.random.default_rng(0).normal(0.0, 0.1, size=10_000)
+    >>> round(loss_noise(losses), 2)
+    0.1
+    """
+    return float(np.median(np.abs(np.diff(losses, n=2))) / (0.6745 * np.sqrt(6.0)))

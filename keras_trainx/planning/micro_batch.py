@@ -12,6 +12,7 @@ effective_batch_size`.
 """
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -21,7 +22,7 @@ import tensorflow as tf
 
 from keras_trainx import fit_accumulated
 from keras_trainx.planning.arguments import array_sample_count, check_compiled_model
-from keras_trainx.planning.memory import memory_devices, peak_memory, peak_memory_available, reset_peak_memory
+from keras_trainx.planning.memory import memory_devices, peak_memory, physical_memory, reset_peak_memory, statistics_gap
 from keras_trainx.planning.state import CaptureOnTrainBegin, fit_attributes, restore_fit_attributes
 from keras_trainx.validation import check_int
 
@@ -34,7 +35,8 @@ class MicroBatchProbe:
         micro_batch_size: the micro-batch it trained with.
         fits: whether it trained within memory (and within the budget, if one was given).
         peak_memory: the peak it measured, in bytes (largest over the devices), or `None` when it
-            ran out of memory or the devices keep no allocator statistics.
+            ran out of memory, was not run, or the devices' allocator statistics do not count every
+            tensor (`keras_trainx.planning.memory.statistics_gap`).
         failure: why it did not fit (`""` when it did).
     """
 
@@ -53,7 +55,7 @@ class MicroBatchPlan:
         micro_batch_size: the largest divisor of the target that trained within memory.
         accum_steps: `effective_batch_size // micro_batch_size`.
         peak_memory: the peak measured at `micro_batch_size`, in bytes, or `None` when the
-            devices keep no allocator statistics.
+            devices' allocator statistics do not count every tensor.
         memory_budget: the budget the probes were held to, in bytes, or `None`.
         devices: the devices measured (`"CPU:0"`, `"GPU:0"`, ...).
         probes: every probe, in the order run.
@@ -99,7 +101,8 @@ def find_micro_batch_size(
     A probe that runs out of memory costs about 10 s: TensorFlow's allocator waits that long for
     memory to be freed before it raises (measured on a CPU). On a CPU, running out of memory
     usually ends the process (the operating system's OOM killer) before TensorFlow can raise: give
-    a `memory_budget` there.
+    a `memory_budget` there. A size whose probe data alone (the samples of its micro-batches)
+    would exceed the machine's physical memory is not run: it counts as not fitting.
 
     Args:
         model: a compiled `keras.Model`, as `fit_accumulated` takes it.
@@ -109,7 +112,9 @@ def find_micro_batch_size(
             multiple of the number of replicas under a strategy).
         memory_budget: the most bytes the training may hold at its peak on each device, as
             TensorFlow's allocator counts them (see `keras_trainx.planning.memory`), or `None`
-            to stop only at `tf.errors.ResourceExhaustedError`.
+            to stop only at `tf.errors.ResourceExhaustedError`. Refused where the allocator does
+            not count every tensor: on a CPU set `TF_CPU_ALLOCATOR_USE_BFC=true` before
+            TensorFlow is imported.
 
     Returns:
         A `MicroBatchPlan` (`micro_batch_size`, `accum_steps`, `peak_memory`, `probes`).
@@ -118,8 +123,9 @@ def find_micro_batch_size(
         MemoryError: a micro-batch of 1 (one sample per replica) does not train within memory or
             the budget.
         ValueError: no divisor of `effective_batch_size` but 1 fits while larger micro-batches
-            do (a prime effective batch larger than what fits, for example); the message
-            suggests effective batch sizes that split well.
+            do (a prime effective batch larger than what fits, for example); the sizes between
+            the divisors are then probed too, and the message names the largest that trains and
+            suggests effective batch sizes that it splits.
 
     Example:
 
@@ -141,19 +147,18 @@ def find_micro_batch_size(
                                   hint="It is a number of bytes, or None for no budget.")
     samples = array_sample_count(x, y)
     devices = memory_devices(model)
-    measured = peak_memory_available(devices)
-    if memory_budget is not None and not measured:
+    gap = statistics_gap(devices)
+    if memory_budget is not None and gap:
         raise ValueError(
-            f"memory_budget needs TensorFlow's allocator statistics, which {', '.join(devices)} does not "
-            "keep here (on a CPU TensorFlow keeps them with its oneDNN allocator: unset "
-            f"TF_ENABLE_ONEDNN_OPTS=0); received memory_budget={memory_budget}. Pass memory_budget=None.")
+            f"memory_budget needs TensorFlow's allocator statistics of every tensor, and {gap}; received "
+            f"memory_budget={memory_budget}. Or pass memory_budget=None.")
 
     unit = model.distribute_strategy.num_replicas_in_sync
     if target % unit:
         raise ValueError(
             f"`effective_batch_size` must be a multiple of the {unit} replicas of the model's strategy (each "
             f"micro-batch is split evenly across them); received effective_batch_size={target}.")
-    prober = _Prober(model, x, y, samples, target, unit, memory_budget, devices if measured else None)
+    prober = _Prober(model, x, y, samples, target, unit, memory_budget, None if gap else devices)
     try:
         chosen = unit * _search(prober, target // unit)
     finally:
@@ -181,7 +186,7 @@ def _search(prober: "_Prober", count: int) -> int:
         raise MemoryError(
             f"Even a micro-batch of {prober.unit} does not train: {prober.probes[0].failure}. The model does "
             "not fit on this device (or in memory_budget); make it smaller or give it more memory.")
-    divisors = [d for d in range(1, count + 1) if count % d == 0]
+    divisors = _divisors(count)
     between = [d for d in divisors if fitted < d < failed]
     low, high = -1, len(between)
     while high - low > 1:
@@ -194,11 +199,35 @@ def _search(prober: "_Prober", count: int) -> int:
         return between[low]
     below = [d for d in divisors if d <= fitted]
     if below[-1] == 1 and fitted > 1:
-        raise ValueError(_no_divisor_message(count, divisors, fitted, prober.unit))
+        raise ValueError(_no_divisor_message(count, divisors, _largest_fitting(prober, fitted, failed), prober.unit))
     for size in reversed(below):
         if prober.fitted(size) or prober.fits(size):
             return size
     raise MemoryError(f"No micro-batch trains any more, not even {prober.unit}: {prober.probes[-1].failure}.")
+
+
+def _divisors(count: int) -> list[int]:
+    """The divisors of `count`, increasing (pairs up to its square root: 2**31 takes 46,341 steps).
+
+    Example:
+
+    >>> _divisors(12)
+    [1, 2, 3, 4, 6, 12]
+    """
+    small = [d for d in range(1, math.isqrt(count) + 1) if count % d == 0]
+    return small + [count // d for d in reversed(small) if d * d != count]
+
+
+def _largest_fitting(prober: "_Prober", fitted: int, failed: int) -> int:
+    """The largest size between `fitted` (fits) and `failed` (does not) that fits, by bisection over
+    every size, divisor or not: the size the refusal names as the largest that trains."""
+    while failed - fitted > 1:
+        middle = (fitted + failed) // 2
+        if prober.fits(middle):
+            fitted = middle
+        else:
+            failed = middle
+    return fitted
 
 
 def _no_divisor_message(count: int, divisors: list[int], fitted: int, unit: int) -> str:
@@ -228,6 +257,9 @@ class _Prober:
         self.unit = unit
         self.memory_budget = memory_budget
         self.devices = devices
+        self.sample_bytes = sum(np.asarray(leaf).nbytes // samples for data in (x, y) if data is not None
+                                for leaf in tf.nest.flatten(data))
+        self.physical_memory = physical_memory()
         self.capture = CaptureOnTrainBegin(model.optimizer)
         self.attributes = fit_attributes(model)
         self.probes: list[MicroBatchProbe] = []
@@ -236,6 +268,12 @@ class _Prober:
         """Trains one update at micro-batch `units * unit`, restores the model, records the probe."""
         size = units * self.unit
         micro_batches = 1 if size == self.target else 2
+        data_bytes = size * micro_batches * self.sample_bytes
+        if self.physical_memory is not None and data_bytes > self.physical_memory:
+            self.probes.append(MicroBatchProbe(size, False, None, (
+                f"its data ({size * micro_batches} samples of {self.sample_bytes} bytes, {data_bytes} bytes) "
+                f"exceeds the machine's physical memory ({self.physical_memory} bytes); not run")))
+            return False
         indices = np.arange(size * micro_batches) % self.samples
         x = tf.nest.map_structure(lambda a: np.asarray(a)[indices], self.x)
         y = None if self.y is None else tf.nest.map_structure(lambda a: np.asarray(a)[indices], self.y)
