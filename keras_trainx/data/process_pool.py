@@ -475,6 +475,10 @@ class ProcessBatches:
             return batch
         return self._views(batch, slot)
 
+    def changed_by(self, epoch: int, index: int) -> str:
+        """The sequence's `changed_by` (computed here, in the training process)."""
+        return str(self.sequence.changed_by(epoch, index))
+
     def _views(self, batch: Any, slot: _Slot) -> Any:
         """The batch with each `InSlot` replaced by a view of `slot`; the slot is free again when all
         the views (and whatever TensorFlow made of them without copying) are gone."""

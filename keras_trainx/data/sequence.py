@@ -319,6 +319,11 @@ class AugmentedSequence(keras.utils.PyDataset):
         """
         return self.batches.build(epoch, index, empty)
 
+    def changed_by(self, epoch: int, index: int) -> str:
+        """Names the transforms applied to the first image of batch `index` of `epoch` or to that of
+        batch 0 of epoch 0 only (the batch a dataset takes its element spec from), for an error message."""
+        return self.batches.changed_by((0, 0, 0), (epoch, index, 0))
+
     def on_epoch_begin(self) -> None:
         """Opens an epoch (Keras calls it at the start of every epoch of `fit` and `evaluate`).
 
