@@ -317,7 +317,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         >>> seq.build_batch(0, 1, lambda shape, dtype: buffer)[0] is buffer, int(buffer.sum())
         (True, 24)
         """
-        return self.batches.build(epoch, index, empty)
+        return self.batches.build(check_int("epoch", epoch, minimum=0), check_int("index", index), empty)
 
     def changed_by(self, epoch: int, index: int) -> str:
         """Names the transforms applied to the first image of batch `index` of `epoch` or to that of
