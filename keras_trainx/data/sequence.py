@@ -37,8 +37,10 @@ class AugmentedSequence(keras.utils.PyDataset):
     by `BackupAndRestore` continues the augmentations of the interrupted one; add it to the
     callbacks of `Model.fit` for the same.
 
-    Each worker thread uses its own copy of the pipeline; the pipeline is validated in albumentations'
-    strict mode when the sequence is built (arguments albumentations would ignore raise ValueError).
+    The batches are built by `self.batches`, a `BatchBuilder` (images, targets, pipeline, seed; no
+    Keras in it), which is what worker processes receive. Each worker thread uses its own copy of the
+    pipeline; the pipeline is validated in albumentations' strict mode when the sequence is built
+    (arguments albumentations would ignore raise ValueError).
 
     A batch is `(images, target)`, `(images, target, sample_weight)`, or `(images,)` without targets.
     `target` is `y` (one-hot float32 when `num_classes` is given), the masks when only `masks` is given,
