@@ -1,8 +1,10 @@
 """Throughput and peak memory of fit_accumulated against its peers, measured in one run.
 
 Throughput (samples/s, one process, peers timed in interleaved rounds so machine noise hits all alike;
-the ratio reported is the median over rounds of the ratio within a round):
-    fit_accumulated(micro B, N)  vs  the same with `GradientNoiseScale` (the noise scale's cost)  vs
+the ratio reported is the median over rounds of the ratio within a round, of wall time and of the
+process's CPU time, which a shared machine disturbs less):
+    fit_accumulated(micro B, N)  vs  the same with `GradientNoiseScale()` and with
+    `GradientNoiseScale(every=4)` (the noise scale's cost)  vs
     Model.fit(B)  vs  Model.fit(B) with Keras' built-in
     `gradient_accumulation_steps=N`  vs  Model.fit(B * N). Each peer has its own model, traced before
     the first round. Two workloads: a small CNN on 32x32x3 images, compute-bound on a CPU, and an MLP
@@ -12,6 +14,7 @@ training): fit_accumulated(B, N) vs Model.fit(B) vs Model.fit(B * N).
 
     python benchmarks/bench_accumulation.py            # defaults below, a few minutes on 2 cores
     python benchmarks/bench_accumulation.py --rounds 3 --samples 1024
+    python benchmarks/bench_accumulation.py --workloads mlp --no-memory    # the noise scale's cost
 """
 
 import argparse
@@ -103,6 +106,13 @@ def peers(batch, accum_steps):
                 callbacks=[keras_trainx.planning.GradientNoiseScale()],
             ),
         ),
+        f"fit_accumulated({batch}x{accum_steps}) + GradientNoiseScale(every=4)": (
+            {},
+            lambda m, x, y: keras_trainx.fit_accumulated(
+                m, x, y, batch_size=batch, accum_steps=accum_steps, verbose=0,
+                callbacks=[keras_trainx.planning.GradientNoiseScale(every=4)],
+            ),
+        ),
         f"Model.fit({batch})": ({}, lambda m, x, y: m.fit(x, y, batch_size=batch, verbose=0)),
         f"Keras gradient_accumulation_steps={accum_steps}": (
             {"gradient_accumulation_steps": accum_steps},
@@ -116,7 +126,7 @@ def peers(batch, accum_steps):
 
 
 def throughput(args, build, x, y):
-    """Samples/s of every peer in each round; peers run in a rotated order from round to round."""
+    """(samples/s, CPU-s per sample) of every peer in each round, peers in a rotated order."""
     import keras
 
     runs = peers(args.batch, args.accum_steps)
@@ -130,9 +140,9 @@ def throughput(args, build, x, y):
     for index in range(args.rounds):
         rates = {}
         for name in names[index % len(names):] + names[: index % len(names)]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             runs[name][1](models[name], x, y)
-            rates[name] = len(x) / (time.perf_counter() - start)
+            rates[name] = (len(x) / (time.perf_counter() - start), (time.process_time() - start_cpu) / len(x))
         rounds.append(rates)
     return rounds
 
@@ -187,6 +197,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     parser.add_argument("--memory-size", type=int, default=96, help="image side for memory")
     parser.add_argument("--memory-samples", type=int, default=512)
+    parser.add_argument("--workloads", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
@@ -195,21 +207,30 @@ def main():
 
     accumulated = f"fit_accumulated({args.batch}x{args.accum_steps})"
     workloads = {
-        f"{args.size}x{args.size}x3 small CNN": (small_cnn, data(args.samples, args.size)),
-        "64-feature MLP (256-256-10)": (small_mlp, vectors(8 * args.samples)),
+        "cnn": (f"{args.size}x{args.size}x3 small CNN", small_cnn, lambda: data(args.samples, args.size)),
+        "mlp": ("64-feature MLP (256-256-10)", small_mlp, lambda: vectors(8 * args.samples)),
     }
-    for workload, (build, (x, y)) in workloads.items():
+    for workload, build, make_data in (workloads[name] for name in args.workloads):
+        x, y = make_data()
         rounds = throughput(args, build, x, y)
         print(f"Throughput, {workload}, Adam, {args.rounds} interleaved rounds of {len(x)} samples "
               "(ratio: median over rounds of fit_accumulated's samples/s over the peer's in the same "
               "round, min-max in brackets; best: the ratio of each one's fastest round, which a "
-              "machine that stalls in whole time slices distorts least):")
+              "machine that stalls in whole time slices distorts least; CPU: the same median ratio "
+              "of CPU-seconds per sample, this one's over fit_accumulated's):")
         for name in rounds[0]:
-            rates = [r[name] for r in rounds]
-            ratios = [r[accumulated] / r[name] for r in rounds]
-            best = max(r[accumulated] for r in rounds) / max(rates)
-            print(f"  {name:<40} {np.median(rates):7.0f} samples/s   fit_accumulated / this = "
-                  f"{np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}), best {best:.2f}x")
+            rates = [r[name][0] for r in rounds]
+            ratios = [r[accumulated][0] / r[name][0] for r in rounds]
+            cpu = [r[name][1] / r[accumulated][1] for r in rounds]
+            best = max(r[accumulated][0] for r in rounds) / max(rates)
+            print(f"  {name:<56} {np.median(rates):7.0f} samples/s   fit_accumulated / this = "
+                  f"{np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}), best {best:.2f}x; "
+                  f"CPU {np.median(cpu):.2f}x")
+    if not args.no_memory:
+        report_memory(args)
+
+
+def report_memory(args):
     peaks = memory(args)
     print(f"Peak memory, {args.memory_size}x{args.memory_size}x3, one epoch of "
           f"{args.memory_samples} samples, each in a fresh process (RSS growth during training):")

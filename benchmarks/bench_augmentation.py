@@ -20,6 +20,9 @@ cheapest way measured to do that work; and the same split over one process per c
 the cores add up) and the training (the same model fed from cached, already augmented batches). They
 give the machine's limit, `cores / (augmentation + training CPU-s per image)`: the images/s at which
 both would keep every core busy with nothing else, and each pipeline's fraction of it.
+Also measured: both at once with nothing handed over (the augmentation split over one process per core
+while the training process trains from cached batches): what sharing the cores alone costs them,
+before any batch moves between processes.
 
 Each pipeline (and each measurement alone) lives in a process of its own, as it would for its user: a
 pipeline run in the same process as another inherits its state (measured here: after a `PyDataset` had
@@ -58,6 +61,7 @@ BATCH = 64
 OURS = "AugmentedSequence"
 RECOMMENDED = f"{OURS} processes .to_tf_dataset()"
 AUGMENTATION_ALONE = "augmentation alone"
+AT_ONCE = "augmentation and training at once"
 ONE_PROCESS = "one process"
 ALL_CORES = "all cores"
 CLOSE = "close"
@@ -201,17 +205,28 @@ def _augment_share(share):
     augment(_PROBE_IMAGES[part * len(_PROBE_IMAGES) // parts:(part + 1) * len(_PROBE_IMAGES) // parts])
 
 
+def _augmentation_pool(x):
+    """One process per core, each holding `x`, OpenCV at one thread."""
+    context = multiprocessing.get_context("forkserver")
+    return concurrent.futures.ProcessPoolExecutor(cores(), mp_context=context, initializer=_start_probe,
+                                                  initargs=(x,))
+
+
+def _augment_on_all_cores(pool):
+    """Starts the augmentation of every image, split over the pool's processes; returns the futures."""
+    return [pool.submit(_augment_share, (part, cores())) for part in range(cores())]
+
+
 def augmentation_alone(x, y):
     """The augmentation's own cost: the per-sample Compose loop with one OpenCV thread, in this process
     and split over one process per core at once (do the cores add up: shared caches, memory bandwidth,
     a host's hyperthreads?)."""
     cv2.setNumThreads(1)
-    context = multiprocessing.get_context("forkserver")
-    pool = concurrent.futures.ProcessPoolExecutor(cores(), mp_context=context, initializer=_start_probe,
-                                                  initargs=(x,))
+    pool = _augmentation_pool(x)
 
     def all_cores(epoch):
-        list(pool.map(_augment_share, [(part, cores()) for part in range(cores())]))
+        for future in _augment_on_all_cores(pool):
+            future.result()
 
     runs = {ONE_PROCESS: lambda epoch: augment(x), ALL_CORES: all_cores, CLOSE: lambda: pool.shutdown()}
     runs[ONE_PROCESS](0)
@@ -225,6 +240,26 @@ def training_alone(x, y):
     augmented = np.stack([A.Compose(transforms())(image=image)["image"] for image in x])
     cached = tf.data.Dataset.from_tensor_slices((augmented, y)).batch(BATCH).cache()
     return trained(size, lambda: cached)
+
+
+def at_once(x, y):
+    """Both alone-measurements at the same time, with nothing handed over: the augmentation of the
+    epoch's images split over one process per core while this process trains an epoch from cached
+    batches. What sharing the cores costs the two, before any batch moves between processes."""
+    pool = _augmentation_pool(x)
+    trainings = training_alone(x, y)
+    for future in _augment_on_all_cores(pool):  # warm-up: the processes start and import
+        future.result()
+
+    def run(train, epoch):
+        started = _augment_on_all_cores(pool)
+        train(epoch)
+        for future in started:
+            future.result()
+
+    runs = {trainer: (lambda epoch, train=train: run(train, epoch)) for trainer, train in trainings.items()}
+    runs[CLOSE] = lambda: pool.shutdown()
+    return runs
 
 
 def trained(size, make):
@@ -250,6 +285,8 @@ def serve(name, size, num_images):
         runs = augmentation_alone(x, y)
     elif name == TRAINING_ALONE:
         runs = training_alone(x, y)
+    elif name == AT_ONCE:
+        runs = at_once(x, y)
     else:
         runs = trained(size, pipelines(x, y)[name])
     reply(f"ready {time.perf_counter() - start}")
@@ -292,7 +329,7 @@ class Server:
 
 
 def measure(size, num_images, rounds):
-    names = [AUGMENTATION_ALONE, TRAINING_ALONE] + list(PIPELINES)
+    names = [AUGMENTATION_ALONE, TRAINING_ALONE, AT_ONCE] + list(PIPELINES)
     servers = {name: Server(name, size, num_images) for name in names}  # imports in parallel, untimed
     try:
         for server in servers.values():
@@ -337,6 +374,10 @@ def report(size, num_images, rounds, results, startup):
         peer_best = max(best[name, trainer] for name in PIPELINES if not name.startswith(OURS))
         print(f"  {trainer}: limit {limit:.0f} img/s = {n_cores} cores / ({augment_cost * 1e6:.0f} + "
               f"{cost[TRAINING_ALONE, trainer] * 1e6:.0f}) CPU-us")
+        both = AT_ONCE, trainer
+        print(f"    both at once, nothing handed over: {rate[both]:.0f} img/s ({rate[both] / limit:.0%} of the "
+              f"limit), {cost[both] * 1e6:.0f} CPU-us, of which {workers[both] * 1e6:.0f} in the augmentation "
+              f"processes; ours: {rate[RECOMMENDED, trainer] / rate[both]:.0%} of its img/s")
         print(f"    {'pipeline':44s} {'img/s':>6s} {'of limit':>8s} {'vs best peer':>12s} {'CPU-us':>6s} "
               f"{'in workers':>10s} {'best round':>10s} {'vs best':>7s}")
         for name in sorted(PIPELINES, key=lambda k: -rate[k, trainer]):

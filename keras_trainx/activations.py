@@ -26,7 +26,9 @@ def hard_mish(x: Any) -> Any:
     below -2 and 1 from 0 up, infinities included.
 
     Args:
-        x: Input tensor.
+        x: Input tensor of a floating-point dtype (a Python float or list of floats included). Any
+            other dtype (integers, bool, complex, strings) and `None` raise `TypeError` naming
+            `hard_mish`: its middle piece is not an integer (`hard_mish(-1) = -0.5`), so cast first.
 
     Returns:
         A tensor of the same shape and dtype as `x`.
@@ -41,6 +43,18 @@ def hard_mish(x: Any) -> Any:
     >>> keras_trainx.activations.hard_mish([-float("inf"), -3.0, -1.0, 0.5]).numpy().tolist()
     [0.0, 0.0, -0.5, 0.5]
     """
-    x = ops.convert_to_tensor(x)
+    x = _floating(x)
     middle = ops.clip(x, -2.0, 0.0)  # the quadratic piece, evaluated where it is finite
     return ops.where(x >= 0, x, ops.where(x < -2.0, ops.zeros_like(x), middle * (middle + 2.0) / 2.0))
+
+
+def _floating(x: Any) -> Any:
+    """`x` as a tensor of a floating-point dtype; `TypeError` naming `hard_mish` otherwise."""
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"hard_mish: `x` must be a tensor of floats; received x={x!r} of type {type(x).__name__}.")
+    x = ops.convert_to_tensor(x)
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if not keras.backend.is_float_dtype(dtype):
+        raise TypeError(f"hard_mish: `x` must be a tensor of floats; received a tensor of dtype {dtype}. Cast it "
+                        "first, e.g. `keras.ops.cast(x, \"float32\")`.")
+    return x

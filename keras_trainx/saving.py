@@ -229,9 +229,9 @@ def read_config(filepath: str | os.PathLike) -> dict[str, Any]:
     Raises:
         FileNotFoundError: nothing is at `filepath`; another `OSError` when the file cannot be read.
         ValueError: `filepath` is not a saved model (a named pipe, a directory without config.json,
-            neither a zip nor an HDF5 file) or its config cannot be read (a damaged zip archive, no
-            config.json, not UTF-8, not JSON, nested too deeply, not a JSON object); the message names
-            the file and what is wrong.
+            neither a zip nor an HDF5 file) or its config cannot be read (a damaged zip archive, a
+            truncated or damaged HDF5 file, no config.json, not UTF-8, not JSON, nested too deeply,
+            not a JSON object); the message names the file and what is wrong.
 
     Example:
 
@@ -257,13 +257,29 @@ def read_config(filepath: str | os.PathLike) -> dict[str, Any]:
             raise _unreadable(path, f"the zip archive is damaged ({error})") from None
         return _parse_config(path, raw, "config.json")
     if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
+        with _opened_hdf5(path) as f:
             if "model_config" not in f.attrs:
                 raise _unreadable(path, "the HDF5 file holds no model config (a weights-only file?)")
             raw = f.attrs["model_config"]
         return _parse_config(path, raw.encode("utf-8") if isinstance(raw, str) else bytes(raw),
                              "its model_config attribute")
     raise _unreadable(path, f"it is neither a .keras zip archive nor an HDF5 (.h5) file; {_FORMATS}")
+
+
+@contextlib.contextmanager
+def _opened_hdf5(path: str) -> Iterator[h5py.File]:
+    """`path` opened with h5py; a file h5py cannot open (truncated, damaged) is a ValueError naming it.
+
+    h5py's own error does not name the file; a file that cannot be read at all stays an `OSError`.
+    """
+    try:
+        file = h5py.File(path, "r")
+    except (PermissionError, FileNotFoundError):
+        raise
+    except OSError as error:
+        raise _unreadable(path, f"the HDF5 file is truncated or damaged ({error})") from None
+    with file:
+        yield file
 
 
 _JSON_KINDS = {int: "number", float: "number", str: "string", list: "array", bool: "true/false",

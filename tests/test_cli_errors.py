@@ -46,7 +46,7 @@ def test_bad_demo_numbers_are_usage_errors_before_any_work(argv, capsys):
 
 
 @pytest.mark.parametrize("subcommand", ["demo", "inspect", "plot-schedule", "experiment", "experiment warmup",
-                                        "experiment batch-growth"])
+                                        "experiment batch-growth", "launch"])
 def test_every_subcommand_has_help(subcommand):
     result = subprocess.run([sys.executable, "-m", "keras_trainx", *subcommand.split(), "--help"],
                             capture_output=True, text=True, timeout=120)

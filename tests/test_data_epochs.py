@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import keras_trainx
 from keras_trainx.data import AugmentedSequence, epoch_callbacks
-from keras_trainx.data.rng import batch_random_state, epoch_permutation
+from keras_trainx.data.rng import epoch_permutation, sample_random_state
 
 N, BATCH, EPOCHS, ACCUM = 24, 4, 3, 2
 PIPELINE = [A.HorizontalFlip(p=0.5), A.Affine(rotate=(-30, 30), p=0.7), A.RandomBrightnessContrast(p=0.5)]
@@ -35,7 +35,8 @@ def make(**kwargs):
 
 
 def expected_epochs(epochs=EPOCHS, batch_size=BATCH):
-    """Each epoch's batches as documented: sample order and augmentation from (seed, epoch, index)."""
+    """Each epoch's batches as documented: sample order from (seed, epoch), each sample's augmentation
+    from (seed, epoch, sample index)."""
     compose = A.Compose(copy.deepcopy(PIPELINE))
     result = []
     for epoch in range(epochs):
@@ -43,8 +44,11 @@ def expected_epochs(epochs=EPOCHS, batch_size=BATCH):
         batches = []
         for index in range(N // batch_size):
             ids = order[index * batch_size:(index + 1) * batch_size]
-            compose.set_random_state(*batch_random_state(SEED, epoch, index))
-            batches.append((np.stack([compose(image=X[i])["image"] for i in ids]), Y[ids]))
+            images = []
+            for i in ids:
+                compose.set_random_state(*sample_random_state(SEED, epoch, int(i)))
+                images.append(compose(image=X[i])["image"])
+            batches.append((np.stack(images), Y[ids]))
         result.append(batches)
     return result
 

@@ -1,11 +1,11 @@
-"""AugmentedSequence: batching, the (seed, epoch, index) randomness contract, epochs, validation."""
+"""AugmentedSequence: batching, the (seed, epoch, sample) randomness contract, epochs, validation."""
 
 import albumentations as A
 import numpy as np
 import pytest
 
 from keras_trainx.data import AugmentedSequence
-from keras_trainx.data.rng import batch_random_state, epoch_permutation
+from keras_trainx.data.rng import epoch_permutation, sample_random_state
 
 PIPELINE = [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5), A.Affine(rotate=(-20, 20), p=0.5)]
 
@@ -27,7 +27,7 @@ def test_batches_partial_and_dropped():
         dropped[2]
 
 
-def test_batch_is_the_documented_function_of_seed_epoch_index():
+def test_batch_is_the_documented_function_of_seed_epoch_sample():
     x, y = images(), np.arange(20)
     seq = AugmentedSequence(x, y, batch_size=8, transform=PIPELINE, seed=42)
     seq.set_epoch(2)
@@ -35,13 +35,27 @@ def test_batch_is_the_documented_function_of_seed_epoch_index():
     order = epoch_permutation(42, 2, 20)
     reference = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5),
                            A.Affine(rotate=(-20, 20), p=0.5)])
-    reference.set_random_state(*batch_random_state(42, 2, 1))
     ids = order[8:16]
-    expected = np.stack([reference(image=x[i])["image"] for i in ids])
+    expected = []
+    for i in ids:
+        reference.set_random_state(*sample_random_state(42, 2, int(i)))
+        expected.append(reference(image=x[i])["image"])
+    expected = np.stack(expected)
     images_1, labels_1 = seq[1]
     np.testing.assert_array_equal(images_1, expected)
     np.testing.assert_array_equal(labels_1, ids)
     np.testing.assert_array_equal(seq[1][0], images_1)  # calling twice gives the same batch
+
+
+def test_a_samples_augmentation_does_not_depend_on_its_batch():
+    x = images()
+    by_four = AugmentedSequence(x, np.arange(20), batch_size=4, transform=PIPELINE, seed=9, shuffle=False)
+    by_three = AugmentedSequence(x, np.arange(20), batch_size=3, transform=PIPELINE, seed=9, shuffle=False)
+    for epoch in (0, 1):
+        four = np.concatenate([by_four.epoch_batch(epoch, i)[0] for i in range(len(by_four))])
+        three = np.concatenate([by_three.epoch_batch(epoch, i)[0] for i in range(len(by_three))])
+        np.testing.assert_array_equal(four, three)
+    assert not np.array_equal(by_four.epoch_batch(0, 0)[0], by_four.epoch_batch(1, 0)[0])
 
 
 def test_epochs_differ_and_replay_with_the_same_seed():

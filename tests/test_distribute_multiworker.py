@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 import multiworker_worker as worker
+from keras_trainx.distribute import slurm
+from keras_trainx.distribute import strategy as distribute_strategy
 
 WORKER_SCRIPT = pathlib.Path(worker.__file__)
 REPOSITORY = WORKER_SCRIPT.parent.parent
@@ -37,25 +39,34 @@ def _free_ports(count):
 
 
 def _worker_environment(cluster, index):
+    return _plain_environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+
+
+def _plain_environment(**variables):
+    """This process's environment without TPU, cluster or Slurm variables, on the CPU, with `variables`."""
     environment = dict(os.environ)
-    for name in ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_CONFIG", "COLAB_TPU_ADDR"):
+    for name in ("TF_CONFIG",) + distribute_strategy._TPU_ENVIRONMENT + slurm.SRUN_VARIABLES:
         environment.pop(name, None)
     environment.update(
-        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         CUDA_VISIBLE_DEVICES="-1",
         KERAS_BACKEND="tensorflow",
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
     )
+    environment.update(variables)
     return environment
 
 
-def _run_workers(outputs):
-    """Starts one worker per output path; returns their stderr texts. Fails on error or deadline.
+def _run_workers(outputs, environments=None, script=WORKER_SCRIPT, arguments=(), deadline_s=DEADLINE_S):
+    """Starts one `script OUTPUT *arguments` per output path; returns their stderr texts. Fails on
+    error or after `deadline_s` seconds.
 
+    Worker i runs with `environments[i]`; by default, a TF_CONFIG of all workers on free ports.
     Each worker's stderr goes to a file next to its output (a pipe could fill up and block it).
     """
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(outputs))]}
+    if environments is None:
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(outputs))]}
+        environments = [_worker_environment(cluster, index) for index in range(len(outputs))]
     log_paths = [pathlib.Path(output).with_suffix(".log") for output in outputs]
     processes = []
     try:
@@ -63,14 +74,14 @@ def _run_workers(outputs):
             with open(log_path, "w") as log:
                 processes.append(
                     subprocess.Popen(
-                        [sys.executable, str(WORKER_SCRIPT), str(output)],
-                        env=_worker_environment(cluster, index),
+                        [sys.executable, str(script), str(output), *map(str, arguments)],
+                        env=environments[index],
                         cwd=REPOSITORY,
                         stdout=subprocess.DEVNULL,
                         stderr=log,
                     )
                 )
-        deadline = time.monotonic() + DEADLINE_S
+        deadline = time.monotonic() + deadline_s
         while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
             if any(p.poll() not in (None, 0) for p in processes):
                 break  # one failed: the other would wait for it forever
@@ -86,7 +97,7 @@ def _run_workers(outputs):
         report = "\n".join(
             f"--- worker {i} (exit {code}) ---\n{log[-6000:]}" for i, (code, log) in enumerate(zip(codes, logs))
         )
-        pytest.fail(f"workers did not finish cleanly within {DEADLINE_S} s:\n{report}")
+        pytest.fail(f"workers did not finish cleanly within {deadline_s} s:\n{report}")
     return logs
 
 

@@ -17,14 +17,15 @@ import pytest
 import tensorflow as tf
 
 from keras_trainx import distribute
+from keras_trainx.distribute import slurm
 from keras_trainx.distribute import strategy as distribute_strategy
 
-_ENVIRONMENT = ("TF_CONFIG",) + distribute_strategy._TPU_ENVIRONMENT
+_ENVIRONMENT = ("TF_CONFIG",) + distribute_strategy._TPU_ENVIRONMENT + slurm.SRUN_VARIABLES
 
 
 @pytest.fixture(autouse=True)
 def bare_machine(monkeypatch, tmp_path):
-    """No TPU variables, no TF_CONFIG, no PCI devices, no GPUs - whatever machine runs the tests."""
+    """No TPU variables, no TF_CONFIG, no srun step, no PCI devices, no GPUs - whatever machine runs the tests."""
     for name in _ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     pci = tmp_path / "pci"

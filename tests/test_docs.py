@@ -186,3 +186,22 @@ def test_names_in_the_readme_are_in_the_docs():
     names = set(re.findall(r"`([A-Za-z_][\w.]*)(?:\(\))?`", (ROOT / "README.md").read_text()))
     docs = "\n".join(p.read_text() for p in DOCS.rglob("*.md"))
     assert [name for name in sorted(names) if name not in docs] == []
+
+
+def _subcommands(parser, prefix="keras-trainx"):
+    """Every command line the parser accepts down to its leaves: "keras-trainx demo", ..."""
+    import argparse
+
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        return [prefix]
+    return [line for name, sub in actions[0].choices.items() for line in _subcommands(sub, f"{prefix} {name}")]
+
+
+def test_command_line_guide_names_every_subcommand():
+    from keras_trainx.cli import build_parser
+
+    lines = _subcommands(build_parser())
+    guide = (DOCS / "guide" / "command-line.md").read_text()
+    assert "keras-trainx experiment batch-growth" in lines
+    assert [line for line in lines if f"`{line}" not in guide] == []

@@ -215,3 +215,49 @@ def test_two_runs_end_with_bitwise_identical_weights():
                                      accum_steps=3, epochs=2, shuffle=False, verbose=0)
     for a, b in zip(models[0].get_weights(), models[1].get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+class _Interrupted(keras.utils.PyDataset):
+    """Two micro-batches, then the `exception` raised from `__getitem__`."""
+
+    def __init__(self, exception):
+        super().__init__()
+        self.exception = exception
+        self.batches = _micro_batches(8)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if index == 2:
+            raise self.exception
+        return self.batches[index]
+
+
+def _interrupted_generator(exception):
+    yield from _micro_batches(8)[:2]
+    raise exception
+
+
+@pytest.mark.parametrize("source", ["generator", "PyDataset"])
+def test_a_keyboard_interrupt_raised_by_the_data_is_a_keyboard_interrupt(source):
+    """Model.fit reports it as tf.errors.UnknownError (issue #26); the model keeps its own functions."""
+    model = regression_model(keras.optimizers.Adam(0.01))
+    interrupt = KeyboardInterrupt("stop")
+    data = _interrupted_generator(interrupt) if source == "generator" else _Interrupted(interrupt)
+    with pytest.raises(KeyboardInterrupt) as info:
+        keras_trainx.fit_accumulated(model, data, accum_steps=2, steps_per_epoch=4, verbose=0)
+    assert info.value.args == ("stop",)
+    assert isinstance(info.value.__cause__, tf.errors.UnknownError)
+    assert model.train_function is None
+    before = int(model.optimizer.iterations)
+    x, y, _ = regression_data()
+    keras_trainx.fit_accumulated(model, x, y, batch_size=8, accum_steps=2, verbose=0)
+    assert int(model.optimizer.iterations) == before + 2
+
+
+def test_other_errors_raised_by_the_data_stay_tensorflows():
+    model = regression_model(keras.optimizers.Adam(0.01))
+    with pytest.raises(tf.errors.UnknownError, match="OSError: disk gone"):
+        keras_trainx.fit_accumulated(model, _interrupted_generator(OSError("disk gone")), accum_steps=2,
+                                     steps_per_epoch=4, verbose=0)

@@ -99,3 +99,43 @@ def test_misuse_is_refused_with_the_fix():
         model.fit(x[:64], y[:64], callbacks=[GradientNoiseScale()], verbose=0)
     with pytest.raises(ValueError, match=r"^`smoothing` must be a number >= 0.0 and < 1.0; received smoothing=1"):
         GradientNoiseScale(smoothing=1)
+
+
+def test_every_nth_update_is_the_same_estimator_over_the_measured_windows_alone():
+    x, y, _ = _least_squares()
+    micro, accum_steps, every = 8, 4, 3
+    window = micro * accum_steps
+    x, y = x[:window * 96], y[:window * 96]
+    sparse = GradientNoiseScale(smoothing=0.9, every=every)
+    keras_trainx.fit_accumulated(_still_model(), x, y, batch_size=micro, accum_steps=accum_steps,
+                                 shuffle=False, callbacks=[sparse], verbose=0)
+    # the measured updates are 0, 3, 6, ...: the same run on their windows alone, measuring each
+    measured = np.arange(len(x)).reshape(-1, window)[::every].ravel()
+    dense = GradientNoiseScale(smoothing=0.9)
+    keras_trainx.fit_accumulated(_still_model(), x[measured], y[measured], batch_size=micro,
+                                 accum_steps=accum_steps, shuffle=False, callbacks=[dense], verbose=0)
+    assert sparse.updates == dense.updates == 32
+    assert (sparse.trace, sparse.squared_gradient) == (dense.trace, dense.squared_gradient)
+    assert GradientNoiseScale(**sparse.get_config()).get_config() == {"smoothing": 0.9, "every": every}
+    with pytest.raises(ValueError, match=r"^`every` must be an int >= 1; received every=0. Use 1 to"):
+        GradientNoiseScale(every=0)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_window_squared_norm_is_that_of_the_window_gradient(groups):
+    from keras_trainx.accumulation.accumulators import Accumulators
+    from keras_trainx.accumulation.loss_normalization import DIVISOR, SAMPLES
+
+    rng = np.random.default_rng(0)
+    variables = [tf.Variable(np.zeros((3, 2), "float32")), tf.Variable(np.zeros(4, "float32"))]
+    sums = Accumulators(tf.distribute.get_strategy(), variables, 1)
+    first = [rng.normal(size=v.shape).astype("float32") for v in variables]
+    sums.add(DIVISOR, [tf.constant(g) for g in first], tf.constant(2.0))
+    window = [2.0 * g.astype("float64") / 5.0 for g in first]
+    if groups == 2:
+        sums.add_group(SAMPLES)
+        second = rng.normal(size=(3, 2)).astype("float32")
+        sums.add(SAMPLES, [tf.constant(second), None], tf.constant(1.0))
+        window[0] = window[0] + second / 8.0
+    norm = sums.window_squared_norm({DIVISOR: tf.constant(5.0), SAMPLES: tf.constant(8.0)})
+    assert float(norm) == pytest.approx(sum(float((w ** 2).sum()) for w in window), rel=1e-6)

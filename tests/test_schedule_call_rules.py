@@ -56,7 +56,7 @@ def test_a_step_below_zero_or_nan_is_step_zero(name, step, mode):
     assert evaluate(SCHEDULES[name](), step, mode) == pytest.approx(AT_ZERO[name], rel=1e-6)
 
 
-# +inf: the last rate where the schedule has one; restarts count it as step 2**53 (float64's last integer)
+# +inf: the last rate where the schedule has one; restarts count it as step 2**63 - 1 (int64's last step)
 AT_INFINITY = {"WarmUp": 0.05, "WarmUp-exponential": 0.1, "MultiStepDecay": 0.025, "OneCycle": 0.1 / 25 / 1e4}
 
 
@@ -66,7 +66,7 @@ def test_an_infinite_step_gives_a_finite_rate(name, mode):
     schedule = SCHEDULES[name]()
     got = evaluate(schedule, tf.constant(INF), mode)
     if name == "CosineAnnealingWarmupRestarts":
-        assert got == evaluate(schedule, tf.constant(2**53, tf.int64), mode)
+        assert got == evaluate(schedule, tf.constant(2**63 - 1, tf.int64), mode)
         assert 0.0 <= got <= 0.1
     else:
         assert got == pytest.approx(AT_INFINITY[name], rel=1e-6)
@@ -119,7 +119,7 @@ def test_an_exponential_warmup_towards_a_peak_of_zero_is_zero_not_nan(mode):
 
 
 def test_a_huge_restarts_table_is_bounded_and_exact_where_it_reaches():
-    """cycle_mult just above 1 with long cycles: 4.5e7 cycles before step 2**53. The table stops after
+    """cycle_mult just above 1 with long cycles: 4.5e7 cycles before step 2**53 alone. The table stops after
     `MAX_CYCLES` cycles (construction in well under a second); up to there the values are the
     recurrence's, after it the last cycle's length repeats (documented)."""
     from keras_trainx.schedules.cosine_restarts import MAX_CYCLES
@@ -149,3 +149,51 @@ def test_a_huge_restarts_table_is_bounded_and_exact_where_it_reaches():
     for mode in MODES:
         got = rates(schedule, list(checks), mode)
         np.testing.assert_allclose(got, list(checks.values()), rtol=1e-5, atol=1e-7)
+
+
+# Steps counted exactly up to 2**63 - 1, the last step of the optimizer's int64 counter (issue #26): each
+# expected value is the formula evaluated in exact integer (or float64) arithmetic here.
+
+@pytest.mark.parametrize("mode", MODES)
+def test_restarts_count_cycles_of_2_to_the_62_steps_exactly(mode):
+    """A first cycle of 2**62 steps is at half its peak at step 2**61 (it gave 0.099999: the step was
+    clamped at 2**53), and so is a warm-up of 2**61 steps halfway."""
+    plain = CosineAnnealingWarmupRestarts(2**62, max_learning_rate=0.1, min_learning_rate=0.0)
+    assert rates(plain, [2**61, 2**62 - 1, 2**62, 2**62 + 2**61], mode) == pytest.approx([0.05, 0.0, 0.1, 0.05],
+                                                                                         abs=1e-8)
+    warming = CosineAnnealingWarmupRestarts(2**62, max_learning_rate=0.1, min_learning_rate=0.0,
+                                            warmup_steps=2**61)
+    steps = [2**60, 2**61, 2**61 + 2**60, 2**62 + 2**60, 2**63 - 1]
+    expected = [0.05, 0.1, 0.05, 0.05, 0.1 * (1 + math.cos(math.pi * (2**61 - 1) / 2**61)) / 2]
+    assert rates(warming, steps, mode) == pytest.approx(expected, abs=1e-8)
+    assert evaluate(warming, tf.constant(INF), mode) == rates(warming, [2**63 - 1], mode)[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fractional_float_steps_of_restarts_keep_their_fraction(mode):
+    schedule = CosineAnnealingWarmupRestarts(10, max_learning_rate=0.1, min_learning_rate=0.0, warmup_steps=4)
+    got = [evaluate(schedule, tf.constant(step, tf.float64), mode) for step in (1.5, 7.5, 12.5)]
+    expected = [0.1 * 1.5 / 4, 0.1 * (1 + math.cos(math.pi * 3.5 / 6)) / 2, 0.1 * 2.5 / 4]
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_warmup_stairs_are_exact_past_float32s_integers(mode):
+    """Stairs of 2**60 // 7 steps: the step before the third stair is still on the second (float32 rounded it
+    up onto the third)."""
+    stair = 2**60 // 7
+    schedule = WarmUp(0.1, 7 * stair, mode="exponential", initial_fraction=0.01, staircase_steps=stair)
+    got = rates(schedule, [3 * stair - 1, 3 * stair], mode)
+    assert got == pytest.approx([0.001 * 100 ** (2 / 7), 0.001 * 100 ** (3 / 7)], rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_a_uint64_step_beyond_int64_is_the_last_step_not_a_negative_one(name, mode):
+    """A uint64 step from 2**63 on wrapped round to a negative int64 (so step 0: OneCycle's first rate)."""
+    schedule = SCHEDULES[name]()
+    last = rates(schedule, [2**63 - 1], mode)[0]
+    assert rates(schedule, [2**63, 2**64 - 1], mode, tf.uint64) == [last, last]
+    assert rates(schedule, [5], mode, tf.uint64) == rates(schedule, [5], mode)
+    if name == "OneCycle":
+        assert last == pytest.approx(0.1 / 25 / 1e4, rel=1e-6)

@@ -90,6 +90,17 @@ def test_a_plain_keras_schedule_is_drawn_on_the_grid():
     np.testing.assert_allclose(y, np.where(x <= 4_000_000, 0.1, 0.01), rtol=1e-6)
 
 
+@pytest.mark.parametrize("n", [2**62, 2**63 - 1])
+def test_the_grid_of_a_huge_plot_holds_exact_steps_below_n(n):
+    """The grid is `round(i * (n - 1) / (DRAWN_STEPS - 1))` in integers (float64 drew step n itself past
+    2**53), and a breakpoint within a step of int64's end is drawn without overflowing."""
+    steps = schedules.drawn_steps(MultiStepDecay(0.1, [n - 1]), n)
+    grid = [(2 * i * (n - 1) + DRAWN_STEPS - 1) // (2 * (DRAWN_STEPS - 1)) for i in range(DRAWN_STEPS)]
+    assert steps.dtype == np.int64 and set(grid) <= set(steps.tolist())
+    assert steps[0] == 0 and steps[-1] == n - 1 and {n - 2, n - 1} <= set(steps.tolist())
+    assert len(steps) == DRAWN_STEPS + 1
+
+
 def test_short_schedules_are_drawn_at_every_step():
     (line,) = schedules.plot(MultiStepDecay(1.0, [2], 0.5), 4).axes[0].get_lines()
     np.testing.assert_array_equal(line.get_xdata(), [0, 1, 2, 3])

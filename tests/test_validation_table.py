@@ -1,4 +1,5 @@
-"""Every rejected value of the public entry points of schedules, distribute, saving and the demo.
+"""Every rejected value of the public entry points of schedules, hard_mish, fit_accumulated, distribute,
+saving and the demo.
 
 (Data arguments: tests/test_data_arguments.py; the command line: tests/test_cli_errors.py.)
 
@@ -19,6 +20,7 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras
 
@@ -55,6 +57,7 @@ def _with_tf_config(config):
 
 ANNEALS = "Each cycle anneals from its peak max_learning_rate down to min_learning_rate."
 MISSING = "/nonexistent/model.keras"
+INT64_STEPS = "The optimizer counts steps in int64: no step lies beyond 2**63 - 1."
 
 CASES = [
     # CosineAnnealingWarmupRestarts
@@ -108,6 +111,27 @@ CASES = [
      "`steps` must be an int or a non-empty 1-D sequence of non-negative ints; received [3, -1]."),
     (lambda: schedules.plot(OneCycle(0.1, 10), 5, ax="axes"), TypeError,
      "`ax` must be a matplotlib Axes or None; received ax='axes' of type str."),
+    # steps beyond the optimizer's int64 counter (issue #26: TensorFlow failed without naming the argument,
+    # or the step wrapped round to a negative one and the schedule gave its first rate)
+    (lambda: schedules.WarmUp(0.1, warmup_steps=2**63), ValueError,
+     "`warmup_steps` must be <= 2**63 - 1 (9223372036854775807); received warmup_steps=9223372036854775808. "
+     + INT64_STEPS),
+    (lambda: schedules.MultiStepDecay(0.1, [10, 2**63]), ValueError,
+     "`milestones[1]` must be <= 2**63 - 1 (9223372036854775807); received "
+     "milestones[1]=9223372036854775808. " + INT64_STEPS),
+    (lambda: OneCycle(0.1, 2**63), ValueError,
+     "`total_steps` must be <= 2**63 - 1 (9223372036854775807); received total_steps=9223372036854775808. "
+     + INT64_STEPS),
+    (lambda: Restarts(2**63), ValueError,
+     "`first_cycle_steps` must be <= 2**63 - 1 (9223372036854775807); received "
+     "first_cycle_steps=9223372036854775808. " + INT64_STEPS),
+    (lambda: OneCycle(0.1, 100)(2**63), ValueError,
+     "`step` must be <= 2**63 - 1 (9223372036854775807); received step=9223372036854775808. " + INT64_STEPS),
+    (lambda: schedules.values(OneCycle(0.1, 100), np.array([5, 2**63], np.uint64)), ValueError,
+     "`steps` must hold steps <= 2**63 - 1; received steps[1]=9223372036854775808. " + INT64_STEPS),
+    (lambda: schedules.values(OneCycle(0.1, 100), 2**63 + 1), ValueError,
+     "`steps` must be <= 2**63 - 1 when given as an int (steps 0 .. n-1); received steps=9223372036854775809. "
+     + INT64_STEPS),
     # distribute
     (lambda: distribute.auto_strategy(probe_timeout=0), ValueError,
      "`probe_timeout` must be a number > 0.0; received probe_timeout=0.0."),
@@ -161,6 +185,17 @@ CASES = [
      "`milestones[1]` must be an int >= 1; received milestones[1]=-1."),
     (lambda: saving.load_model(123), TypeError,
      "`filepath` must be a path (str or os.PathLike); received filepath=123 of type int."),
+    # hard_mish on what is not a tensor of floats (issue #26: TensorFlow failed without naming hard_mish)
+    (lambda: keras_trainx.activations.hard_mish(np.array([1, -1, 3])), TypeError,
+     "hard_mish: `x` must be a tensor of floats; received a tensor of dtype int64. Cast it first, e.g. "
+     '`keras.ops.cast(x, "float32")`.'),
+    (lambda: keras_trainx.activations.hard_mish([True]), TypeError,
+     "hard_mish: `x` must be a tensor of floats; received a tensor of dtype bool. Cast it first, e.g. "
+     '`keras.ops.cast(x, "float32")`.'),
+    (lambda: keras_trainx.activations.hard_mish(None), TypeError,
+     "hard_mish: `x` must be a tensor of floats; received x=None of type NoneType."),
+    (lambda: keras_trainx.activations.hard_mish("1.5"), TypeError,
+     "hard_mish: `x` must be a tensor of floats; received x='1.5' of type str."),
     # fit_accumulated's counts (Keras' fit would take batch_size=0 for its default and epochs=-1 for none)
     (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2, batch_size=0),
      ValueError, "`batch_size` must be an int >= 1; received batch_size=0."),
@@ -182,6 +217,41 @@ CASES = [
     (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps={0: 2, 3: 0}),
      ValueError, "`scheduling[3]` must be an int >= 1; received scheduling[3]=0. Values are micro-batches per "
      "update."),
+    # what Model.fit accepts silently with a wrong result (issue #26): no samples (an empty History, no
+    # training), a validation_split outside [0, 1) (1.5 holds out the last half), class_weight keys no label
+    # can match (ignored)
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((0, 2)), np.zeros((0, 1)), accum_steps=2),
+     ValueError, "x holds 0 samples (an array of shape (0, 2)): there is nothing to train on (model.fit would "
+                 "return an empty History without training). Pass at least one sample."),
+    (lambda: keras_trainx.fit_accumulated(_model(), {"x": np.zeros((4, 2))}, [np.zeros((0,))], accum_steps=2),
+     ValueError, "y holds 0 samples (an array of shape (0,)): there is nothing to train on (model.fit would "
+                 "return an empty History without training). Pass at least one sample."),
+    (lambda: keras_trainx.fit_accumulated(
+        _model(), tf.data.Dataset.from_tensor_slices((np.zeros((0, 2)), np.zeros(0))).batch(2), accum_steps=2),
+     ValueError, "x is a tf.data.Dataset without a single batch: there is nothing to train on (model.fit would "
+                 "return an empty History without training). Pass a dataset that yields batches."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          validation_split=1.5),
+     ValueError, "`validation_split` must be a number >= 0.0 and < 1.0; received validation_split=1.5. It is the "
+                 "fraction of the samples (the last ones) held out for validation, e.g. 0.2; model.fit would "
+                 "split elsewhere without a word (1.5 holds out the last half, a negative value nothing)."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          class_weight={"1": 2.0}),
+     ValueError, "`class_weight` keys must be class indices (ints); received the key '1' of type str, which no "
+                 "label matches: model.fit would ignore it. Key the weights by the labels' integer values (for "
+                 "one-hot labels, the column)."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          class_weight={0.5: 2.0}),
+     ValueError, "`class_weight` keys must be class indices (ints); received the key 0.5 of type float, which no "
+                 "label matches: model.fit would ignore it. Key the weights by the labels' integer values (for "
+                 "one-hot labels, the column)."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          class_weight={0: 1.0, 1: NAN}),
+     ValueError, "`class_weight[1]` must be a finite number; received class_weight[1]=nan."),
+    (lambda: keras_trainx.fit_accumulated(_model(), np.zeros((4, 2)), np.zeros(4), accum_steps=2,
+                                          class_weight=[1.0, 2.0]),
+     TypeError, "`class_weight` must be a dict of class index -> weight; received class_weight=[1.0, 2.0] of "
+                "type list."),
     # AugmentedSequence's class names
     (lambda: AugmentedSequence(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 3, num_classes=3,
                                class_names=["a", "b"]), ValueError,
@@ -354,3 +424,23 @@ def test_damaged_weights_in_a_keras_archive_are_refused_naming_the_file(tmp_path
         keras_trainx.load_model(path)
     assert str(info.value) == (f"{str(path)!r} is not a readable saved model: the zip archive is damaged "
                                "(Bad CRC-32 for file 'model.weights.h5').")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_a_truncated_h5_model_is_refused_naming_the_file(keep, tmp_path, capsys):
+    """h5py's own error (an OSError) did not name the file (issue #26)."""
+    from keras_trainx import cli
+
+    whole = tmp_path / "whole.h5"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(whole)
+    data = whole.read_bytes()
+    path = _named(tmp_path, "cut.h5", data[:int(len(data) * keep)])
+    expected = (f"{str(path)!r} is not a readable saved model: the HDF5 file is truncated or damaged (Unable to "
+                f"synchronously open file (truncated file: eof = {int(len(data) * keep)}, sblock->base_addr = 0, "
+                f"stored_eof = {len(data)})).")
+    for call in (saving.read_config, saving.referenced_objects, keras_trainx.load_model):
+        with pytest.raises(ValueError) as info:
+            call(path)
+        assert type(info.value) is ValueError and str(info.value) == expected, call.__name__
+    assert cli.main(["inspect", str(path)]) == 2
+    assert capsys.readouterr().err == f"keras-trainx inspect: error: MODEL: {expected}\n"

@@ -89,6 +89,34 @@ class Accumulators:
                 totals[index] = part if totals[index] is None else totals[index] + part
         return totals
 
+    def window_squared_norm(self, divisors: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The squared norm of `window_gradients(divisors)` (all variables together), as float32.
+
+        With a single group (a model's compiled loss alone) it is that group's `|sum|^2 / divisor^2`,
+        read straight from the sums: no divided copy of every gradient is made for it.
+        """
+        groups = [group for group, has in self._with_gradient.items() if any(has)]
+        if len(groups) != 1:
+            return squared_norm(self.window_gradients(divisors))
+        group = groups[0]
+        sums = [accumulator for accumulator, has in zip(self.gradients[group], self._with_gradient[group]) if has]
+        return tf.math.divide_no_nan(squared_norm(sums), tf.square(tf.cast(divisors[group], tf.float32)))
+
+
+def squared_norm(tensors: list[tf.Tensor | tf.Variable | None]) -> tf.Tensor:
+    """The sum of the squares of every entry of `tensors` (None skipped), as a float32 scalar.
+
+    One fused kernel per tensor (`l2_loss`, half the sum of squares) rather than a square and a sum:
+    on a dispatch-bound model the noise scale's cost is mostly its number of ops.
+
+    Example:
+
+    >>> float(squared_norm([tf.constant([3.0, 4.0]), None, tf.constant([[1.0]])]))
+    26.0
+    """
+    halves = [tf.nn.l2_loss(tf.cast(t, tf.float32)) for t in tensors if t is not None]
+    return 2.0 * tf.add_n(halves) if halves else tf.constant(0.0)
+
 
 def unscaled(gradient: tf.Tensor | tf.IndexedSlices | None, dtype: tf.DType,
              unscale: tf.Tensor | None) -> tf.Tensor | tf.IndexedSlices | None:

@@ -7,18 +7,23 @@ accumulation windows, and restores the model's own functions afterwards, also wh
 """
 
 import json
+import math
+import numbers
 import os
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from keras_trainx import compat
+from keras_trainx.accumulation.interrupts import keyboard_interrupts_restored
 from keras_trainx.accumulation.window import WindowStep
 from keras_trainx.accumulation.loss_normalization import loss_reduction
 from keras_trainx.data.epochs import epoch_callbacks
+from keras_trainx.distribute.sharding import sharded_input
 from keras_trainx.accumulation.noise_scale import GradientNoiseScale
 from keras_trainx.schedules.accumulation import AccumulationSchedule, as_accumulation_schedule
-from keras_trainx.validation import check_choice, check_int
+from keras_trainx.validation import check_choice, check_float, check_int
 
 REMAINDERS = ("apply", "drop")
 
@@ -53,7 +58,10 @@ def fit_accumulated(
     one `apply_gradients` all-reduces once (under `tf.distribute`, build and compile the model under
     `strategy.scope()`). An `AugmentedSequence` given as `x` is told each epoch's number, and orders
     its batches itself (Keras' batch shuffle, from Python's global `random`, is not added), so a
-    resumed run sees the same batches. A `keras.callbacks.BackupAndRestore(save_freq=n)` run that
+    resumed run sees the same batches; under a multi-worker strategy with one replica per worker,
+    each worker loads and augments only its share of every global batch of such a sequence (or of
+    its `to_tf_dataset()`), and the replicas see one process's batches
+    (`keras_trainx.distribute.shard_sequence`). A `keras.callbacks.BackupAndRestore(save_freq=n)` run that
     is interrupted inside an epoch resumes after the last saved window instead of repeating the
     epoch's first windows, as `Model.fit` does. A `keras_trainx.planning.GradientNoiseScale`
     callback makes every update also estimate the gradient noise scale.
@@ -77,6 +85,12 @@ def fit_accumulated(
             other than `loss`).
         **fit_kwargs: any argument of `Model.fit`. `batch_size` and `steps_per_epoch` count
             micro-batches; `compile(steps_per_execution=k)` runs `k` updates per compiled call.
+            Refused where `Model.fit` accepts them with a wrong result: `x`/`y` with 0 samples, a
+            `validation_split` outside [0, 1), `class_weight` keys that no label can match.
+
+    Raises:
+        KeyboardInterrupt: also when one is raised inside a generator or `PyDataset` (`Model.fit`
+            raises `tf.errors.UnknownError` then).
 
     Returns:
         The `keras.callbacks.History` of `Model.fit`.
@@ -97,9 +111,10 @@ def fit_accumulated(
                  hint="'apply' applies a window cut short at the end of an epoch as its own "
                       "update, 'drop' discards it.")
     _check_model(model, max(schedule.factors))
-    _check_fit_arguments(x, fit_kwargs)
+    _check_fit_arguments(x, y, fit_kwargs)
     if type(model).train_step is not keras.Model.train_step:
-        return model.fit(x, y, **fit_kwargs)
+        with keyboard_interrupts_restored():
+            return model.fit(x, y, **fit_kwargs)
     loss_reduction(model)
 
     steps_per_execution = model.steps_per_execution
@@ -112,6 +127,9 @@ def fit_accumulated(
     fit_kwargs["callbacks"] = _with_callbacks(callbacks, added)
     if sequence_callbacks and getattr(x, "shuffle", False):
         fit_kwargs["shuffle"] = False  # the sequence orders its batches by (seed, epoch) itself
+    sharded = sharded_input(x, model.distribute_strategy, fit_kwargs.get("class_weight"))
+    if sharded is not x:
+        x, fit_kwargs["shuffle"] = sharded, False  # each worker builds its share of the sequence's batches
     noise_scales = [c for c in listed if isinstance(c, GradientNoiseScale)]
     if noise_scales and max(schedule.factors) < 2:
         raise ValueError(
@@ -121,7 +139,7 @@ def fit_accumulated(
     for noise_scale in noise_scales:
         noise_scale.attach(True)
     try:
-        with compat.build_from_local_batch(model):
+        with compat.build_from_local_batch(model), keyboard_interrupts_restored():
             # Keras builds the model (above), then calls `make_train_function()`, which keeps the
             # function set here, and calls it once per execution of `steps_per_execution` batches.
             model.train_function = _TrainFunction(model, remainder == "apply", position, noise_scales)
@@ -137,17 +155,28 @@ def fit_accumulated(
                 fit_kwargs["callbacks"].callbacks.remove(callback)
 
 
-def _check_fit_arguments(x: Any, fit_kwargs: dict[str, Any]) -> None:
-    """Refuses what `fit` would fail on obscurely (Keras takes `batch_size=0` for its default)."""
+def _check_fit_arguments(x: Any, y: Any, fit_kwargs: dict[str, Any]) -> None:
+    """Refuses what `fit` would fail on obscurely (Keras takes `batch_size=0` for its default), and what
+    it would accept silently with a wrong result: no samples, a `validation_split` outside [0, 1),
+    `class_weight` keys that no label can match."""
     if x is None:
         raise ValueError(
             "x is None: fit_accumulated needs training data, as model.fit does. Pass arrays "
             "(x, y), a tf.data.Dataset, a keras.utils.PyDataset or a generator."
         )
+    _check_not_empty(x, y)
     for name, minimum in (("batch_size", 1), ("epochs", 0), ("initial_epoch", 0), ("steps_per_epoch", 1),
                           ("validation_batch_size", 1), ("validation_steps", 1)):
         if fit_kwargs.get(name) is not None:
             check_int(name, fit_kwargs[name], minimum=minimum)
+    if fit_kwargs.get("validation_split") is not None:
+        check_float("validation_split", fit_kwargs["validation_split"], minimum=0.0, maximum=1.0,
+                    exclusive_maximum=True,
+                    hint="It is the fraction of the samples (the last ones) held out for validation, e.g. 0.2; "
+                         "model.fit would split elsewhere without a word (1.5 holds out the last half, a "
+                         "negative value nothing).")
+    if fit_kwargs.get("class_weight") is not None:
+        _check_class_weight(fit_kwargs["class_weight"])
     callbacks = fit_kwargs.get("callbacks")
     if callbacks is None or isinstance(callbacks, keras.callbacks.CallbackList):
         return
@@ -163,6 +192,46 @@ def _check_fit_arguments(x: Any, fit_kwargs: dict[str, Any]) -> None:
                 f"type {type(callback).__name__}. Subclass keras.callbacks.Callback, or use "
                 "keras.callbacks.LambdaCallback for plain functions."
             )
+
+
+def _check_not_empty(x: Any, y: Any) -> None:
+    """Refuses arrays or a `tf.data.Dataset` without a sample: `fit` would return an empty History."""
+    if isinstance(x, tf.data.Dataset) and int(x.cardinality()) == 0:
+        raise ValueError(
+            "x is a tf.data.Dataset without a single batch: there is nothing to train on (model.fit would "
+            "return an empty History without training). Pass a dataset that yields batches."
+        )
+    for name, data in (("x", x), ("y", y)):
+        for array in keras.tree.flatten(data) if not isinstance(data, tf.data.Dataset) else []:
+            shape = getattr(array, "shape", None)
+            if shape is not None and len(shape) >= 1 and shape[0] == 0:
+                raise ValueError(
+                    f"{name} holds 0 samples (an array of shape {tuple(shape)}): there is nothing to train on "
+                    "(model.fit would return an empty History without training). Pass at least one sample."
+                )
+
+
+def _check_class_weight(class_weight: Any) -> None:
+    """Refuses keys that no label can match (Keras ignores them silently) and weights that are no weight.
+
+    A class index that no label of `y` holds is accepted, as `Model.fit` accepts it: weights are
+    often computed over a whole dataset, of which `y` may be a part; the key then weighs nothing.
+    """
+    if not isinstance(class_weight, dict):
+        raise TypeError(
+            "`class_weight` must be a dict of class index -> weight; received "
+            f"class_weight={class_weight!r} of type {type(class_weight).__name__}."
+        )
+    for key, weight in class_weight.items():
+        index = (isinstance(key, numbers.Real) and not isinstance(key, bool) and math.isfinite(key)
+                 and float(key).is_integer())
+        if not index:
+            raise ValueError(
+                f"`class_weight` keys must be class indices (ints); received the key {key!r} of type "
+                f"{type(key).__name__}, which no label matches: model.fit would ignore it. Key the weights by "
+                "the labels' integer values (for one-hot labels, the column)."
+            )
+        check_float(f"class_weight[{key!r}]", weight, minimum=0.0)
 
 
 def _check_model(model: keras.Model, accum_steps: int) -> None:
@@ -263,7 +332,7 @@ class _TrainFunction:
 
     def __call__(self, iterator: Any) -> dict:
         if self._window is None:  # the model is built by now: Keras builds it before the first call
-            self._window = WindowStep.for_model(self.model, self.apply_partial, bool(self.noise_scales))
+            self._window = WindowStep.for_model(self.model, self.apply_partial)
         window = self._window
         position = self.position
         accum_steps = position.accum_steps
@@ -281,7 +350,8 @@ class _TrainFunction:
                 processed = window.skip(iterator, length)
                 logs = self.model.get_metrics_result()
             else:
-                processed, logs, statistics = window(iterator, length)
+                measure = any(noise_scale.measures_next() for noise_scale in self.noise_scales)
+                processed, logs, statistics = window(iterator, length, measure)
                 if processed:
                     for noise_scale in self.noise_scales:
                         noise_scale.update(statistics, window.statistics)

@@ -9,9 +9,9 @@ two batch sizes: each micro-batch's (`b_i` samples) and the window's (`B`). Sinc
     a = mean_i |g_i|^2,  h = mean_i 1/b_i
     tr(Sigma) = (a - |G_B|^2) / (h - 1/B),     |G|^2 = |G_B|^2 - tr(Sigma) / B
 
-Each update yields one estimate of each; they are smoothed separately with a bias-corrected
-exponential moving average, and `B_simple` is the ratio of the smoothed values (a ratio of noisy
-estimates averaged would be biased). Under `tf.distribute` each replica estimates from its own
+Each (measured) update yields one estimate of each; they are smoothed separately with a
+bias-corrected exponential moving average, and `B_simple` is the ratio of the smoothed values (a ratio
+of noisy estimates averaged would be biased). Under `tf.distribute` each replica estimates from its own
 micro-batches and its own share of the window (no extra communication); the estimates are averaged
 over replicas, so they stay unbiased, at a smaller small batch than on one device.
 """
@@ -22,28 +22,37 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_trainx.validation import check_float
+from keras_trainx.validation import check_float, check_int
 
 
 class GradientNoiseScale(keras.callbacks.Callback):
     """Reports the gradient noise scale `B_simple` while `fit_accumulated` trains.
 
-    Pass it in `callbacks` of `keras_trainx.fit_accumulated` with `accum_steps >= 2`: every update
-    then also computes the squared norms of its micro-batch gradients and of its window gradient
-    (about 2% of the time of an update on the digits CNN), and each epoch's logs (so `History`)
-    gain `gradient_noise_scale`, the smoothed `tr(Sigma) / |G|^2` at the epoch's end. Compare it
-    with the effective batch: well below `B_simple`, doubling the batch nearly halves the updates
-    an epoch of progress needs; well above it, larger batches mostly waste samples. `inf` means the
-    smoothed `|G|^2` is not positive yet (the noise hides the gradient).
+    Pass it in `callbacks` of `keras_trainx.fit_accumulated` with `accum_steps >= 2`: every
+    `every`-th update then also computes the squared norms of its micro-batch gradients and of its
+    window gradient, and each epoch's logs (so `History`) gain `gradient_noise_scale`, the smoothed
+    `tr(Sigma) / |G|^2` at the epoch's end. The statistics add a few small ops per micro-step and
+    per update: lost in the arithmetic of a compute-bound model, a few percent of the time of a
+    small, dispatch-bound one (docs/benchmarks.md); `every=n` runs them in one update of n.
+    Compare `B_simple` with the effective batch: well below `B_simple`, doubling the batch nearly
+    halves the updates an epoch of progress needs; well above it, larger batches mostly waste
+    samples. `inf` means the smoothed `|G|^2` is not positive yet (the noise hides the gradient).
 
     Args:
-        smoothing: the moving average's decay per update, in [0, 1). 0 reports the last update's
-            estimate alone.
+        smoothing: the moving average's decay per measured update, in [0, 1). 0 reports the last
+            measured update's estimate alone.
+        every: measure one update in `every` (a positive int): the updates 0, every, 2 * every, ...
+            of each `fit_accumulated` call (counted from 0) compute the statistics, the others train
+            without them. The estimator is the same, over the measured updates only: each gives one
+            unbiased estimate of `tr(Sigma)` and of `|G|^2` from its own window, and the moving
+            averages fold in those estimates alone (`smoothing` decays per measured update), so the
+            result equals that of `every=1` on a run whose updates were only the measured ones. An
+            update of a single micro-batch gives no estimate, as with `every=1`.
 
     Attributes:
         trace: the smoothed estimate of `tr(Sigma)` (NaN before the first estimate).
         squared_gradient: the smoothed estimate of `|G|^2`.
-        updates: how many updates gave an estimate.
+        updates: how many (measured) updates gave an estimate.
 
     Example:
 
@@ -60,13 +69,15 @@ class GradientNoiseScale(keras.callbacks.Callback):
     True
     """
 
-    def __init__(self, smoothing: float = 0.95) -> None:
+    def __init__(self, smoothing: float = 0.95, every: int = 1) -> None:
         super().__init__()
         self.smoothing = check_float("smoothing", smoothing, minimum=0.0, maximum=1.0,
                                      exclusive_maximum=True)
+        self.every = check_int("every", every, minimum=1, hint="Use 1 to measure every update.")
         self._trace_sum = 0.0
         self._gradient_sum = 0.0
         self.updates = 0
+        self._seen = 0
         self._armed = False
 
     def attach(self, armed: bool) -> None:
@@ -80,10 +91,18 @@ class GradientNoiseScale(keras.callbacks.Callback):
                 "nothing to measure in model.fit. Pass it to fit_accumulated(..., accum_steps>=2)."
             )
         self._trace_sum = self._gradient_sum = 0.0
-        self.updates = 0
+        self.updates = self._seen = 0
+
+    def measures_next(self) -> bool:
+        """Whether the next update is one that `every` measures (`fit_accumulated` asks before each)."""
+        return self._seen % self.every == 0
 
     def update(self, statistics: np.ndarray, names: Any) -> None:
-        """Folds one update's estimates (a window's statistics vector) into the averages."""
+        """Called after every update with its window's statistics vector; folds in a measured one's estimates."""
+        measured = self.measures_next()
+        self._seen += 1
+        if not measured:
+            return
         replicas = float(statistics[names.noise_replicas])
         if replicas <= 0:
             return  # a window of a single micro-batch: no second batch size
@@ -115,7 +134,7 @@ class GradientNoiseScale(keras.callbacks.Callback):
             logs["gradient_noise_scale"] = self.noise_scale
 
     def get_config(self) -> dict[str, Any]:
-        return {"smoothing": self.smoothing}
+        return {"smoothing": self.smoothing, "every": self.every}
 
     def _debiased(self, value: float) -> float:
         if not self.updates:

@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from keras_trainx import compat
-from keras_trainx.accumulation.accumulators import Accumulators, unscaled
+from keras_trainx.accumulation.accumulators import Accumulators, squared_norm, unscaled
 from keras_trainx.accumulation.loss_divisor import recording_loss_divisor
 from keras_trainx.accumulation.loss_normalization import DIVISOR, ONE, SAMPLES, loss_reduction, split_loss
 from keras_trainx.accumulation.window_metrics import WindowLossMetrics
@@ -86,18 +86,19 @@ class WindowStep:
         model: a compiled, built `keras.Model` (built under the strategy scope it trains with).
         apply_partial: whether a window that ends early (the data ran out) is applied as its own
             update, normalized by its own samples; if False it is discarded.
-        measure_noise: whether each update also estimates the gradient noise scale (McCandlish et
-            al. 2018, appendix A) from the micro-batch and window gradients.
 
-    Calling it with `(iterator, num_steps)` runs a window of up to `num_steps` micro-batches and
-    returns `(processed, logs, statistics)`: how many micro-batches were consumed, the model's metric
-    results and the window's statistics (all replicas) as a numpy vector (see `WindowStatistics`).
+    Calling it with `(iterator, num_steps, measure_noise)` runs a window of up to `num_steps`
+    micro-batches and returns `(processed, logs, statistics)`: how many micro-batches were consumed,
+    the model's metric results and the window's statistics (all replicas) as a numpy vector (see
+    `WindowStatistics`). With `measure_noise=True` the window also estimates the gradient noise scale
+    (McCandlish et al. 2018, appendix A) from its micro-batch and window gradients; each value of
+    `measure_noise` has its own trace, made when first asked for, so windows that do not measure run
+    none of its ops.
     """
 
-    def __init__(self, model: keras.Model, apply_partial: bool, measure_noise: bool = False) -> None:
+    def __init__(self, model: keras.Model, apply_partial: bool) -> None:
         self.model = model
         self.apply_partial = apply_partial
-        self.measure_noise = measure_noise
         self.strategy = model.distribute_strategy
         self.reduction = loss_reduction(model)
         self._variables = list(model.trainable_variables)
@@ -112,28 +113,30 @@ class WindowStep:
         self._function = self._make_function()
 
     @classmethod
-    def for_model(cls, model: keras.Model, apply_partial: bool, measure_noise: bool = False) -> "WindowStep":
+    def for_model(cls, model: keras.Model, apply_partial: bool) -> "WindowStep":
         """The model's cached window step, traced once, as `Model.fit` keeps its train_function.
 
         A new one is made when the model was recompiled or its compiled state changed. The cache
         is keyed weakly by the model, so the accumulators never become model state.
         """
-        key = (apply_partial, measure_noise, id(model.optimizer), id(compat.loss_tracker(model)),
+        key = (apply_partial, id(model.optimizer), id(compat.loss_tracker(model)),
                model.run_eagerly, model.jit_compile, tuple(map(id, model.trainable_variables)))
         cached = _WINDOW_STEPS.get(model)
         if cached is None or cached[0] != key:
-            cached = (key, cls(model, apply_partial, measure_noise))
+            cached = (key, cls(model, apply_partial))
             _WINDOW_STEPS[model] = cached
         return cached[1]
 
-    def __call__(self, iterator: Any, num_steps: int) -> tuple[int, dict, Any]:
+    def __call__(self, iterator: Any, num_steps: int, measure_noise: bool = False) -> tuple[int, dict, Any]:
         try:
-            processed, logs, statistics = self._function(iterator, tf.constant(num_steps, tf.int32))
+            processed, logs, statistics = self._function(iterator, tf.constant(num_steps, tf.int32),
+                                                         measure_noise)
         except _MissingGroups as missing:  # found while tracing: nothing ran, no data was read
             for group in missing.groups:
                 self._sums.add_group(group)
             self._function = self._make_function()
-            processed, logs, statistics = self._function(iterator, tf.constant(num_steps, tf.int32))
+            processed, logs, statistics = self._function(iterator, tf.constant(num_steps, tf.int32),
+                                                         measure_noise)
         return int(processed), logs, statistics.numpy()
 
     def skip(self, iterator: Any, num_steps: int) -> int:
@@ -154,14 +157,14 @@ class WindowStep:
                                      autograph=False)
             apply_step = tf.function(apply_step, jit_compile=True, autograph=False)
 
-        def window(iterator: Any, num_steps: tf.Tensor) -> tuple[tf.Tensor, dict, tf.Tensor]:
+        def window(iterator: Any, num_steps: tf.Tensor, measure_noise: bool) -> tuple[tf.Tensor, dict, tf.Tensor]:
             self.strategy.run(self._zero_step)
 
             def cond(step: tf.Tensor, inputs: Any) -> tf.Tensor:
                 return tf.logical_and(step < num_steps, inputs.has_value())
 
             def body(step: tf.Tensor, inputs: Any) -> tuple[tf.Tensor, Any]:
-                self.strategy.run(micro_step, args=(inputs.get_value(), tf.equal(step, 0)))
+                self.strategy.run(micro_step, args=(inputs.get_value(), tf.equal(step, 0), measure_noise))
                 following = tf.cond(step + 1 < num_steps, iterator.get_next_as_optional, lambda: inputs)
                 return step + 1, following
 
@@ -175,7 +178,7 @@ class WindowStep:
             applies = processed > 0
             if not self.apply_partial:
                 applies = tf.logical_and(applies, tf.equal(processed, num_steps))
-            totals = tf.cond(applies, lambda: self._apply(apply_step),
+            totals = tf.cond(applies, lambda: self._apply(apply_step, measure_noise),
                              lambda: tf.zeros(self.statistics.size))
             return processed, model.get_metrics_result(), totals
 
@@ -183,11 +186,11 @@ class WindowStep:
             window = tf.function(window, reduce_retracing=True, autograph=False)
         return window
 
-    def _apply(self, apply_step: Callable) -> tf.Tensor:
-        totals = self.strategy.run(apply_step)
+    def _apply(self, apply_step: Callable, measure_noise: bool) -> tf.Tensor:
+        totals = self.strategy.run(apply_step, args=(measure_noise,))
         return self.strategy.experimental_local_results(totals)[0]
 
-    def _micro_step(self, data: Any, first: tf.Tensor) -> None:
+    def _micro_step(self, data: Any, first: tf.Tensor, measure_noise: bool) -> None:
         """Forward and backward pass of one micro-batch; adds its weighted gradients to the sums."""
         model = self.model
         data = tf.nest.map_structure(
@@ -219,7 +222,7 @@ class WindowStep:
             gradients = [unscaled(g, v.dtype, unscale) for g, v in
                          zip(tape.gradient(scaled[group], self._variables), self._variables)]
             self._sums.add(group, gradients, weight)
-            if self.measure_noise:
+            if measure_noise:
                 dense = [None if g is None else tf.convert_to_tensor(g) for g in gradients]
                 micro_gradient = [g if m is None else (m if g is None else m + g)
                                   for m, g in zip(micro_gradient, dense)]
@@ -236,8 +239,8 @@ class WindowStep:
             if group in parts.groups:
                 objective, weight = parts.groups[group]
                 statistics[name] = weight * tf.cast(objective, tf.float32)
-        if self.measure_noise:
-            statistics["micro_norms"] = _squared_norm(micro_gradient)
+        if measure_noise:
+            statistics["micro_norms"] = squared_norm(micro_gradient)
             statistics["micro_inverse_sizes"] = tf.math.reciprocal_no_nan(samples)
             statistics["micro_steps"] = 1.0
         self._sums.statistics.assign_add(self.statistics.vector(**statistics))
@@ -251,11 +254,11 @@ class WindowStep:
     def _zero_step(self) -> None:
         self._sums.zero()
 
-    def _apply_step(self) -> tf.Tensor:
+    def _apply_step(self, measure_noise: bool) -> tf.Tensor:
         """One optimizer update with the window's gradient sums over their global counts."""
         names = self.statistics
         local = tf.identity(self._sums.statistics)
-        if self.measure_noise:
+        if measure_noise:
             local = self._with_noise_estimates(local)
         totals = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
         divisor = tf.constant(1.0) if self.reduction == "sum" else totals[names.divisor]
@@ -286,7 +289,7 @@ class WindowStep:
         samples = local[names.samples]
         divisor = tf.constant(1.0) if self.reduction == "sum" else local[names.divisor]
         divisors = {DIVISOR: divisor, SAMPLES: samples, ONE: tf.constant(1.0)}
-        window = _squared_norm(self._sums.window_gradients(divisors))
+        window = self._sums.window_squared_norm(divisors)
         mean_squares = tf.math.divide_no_nan(local[names.micro_norms], steps)
         spread = (tf.math.divide_no_nan(local[names.micro_inverse_sizes], steps)
                   - tf.math.reciprocal_no_nan(samples))
@@ -295,11 +298,6 @@ class WindowStep:
         gradient = tf.where(valid, window - tf.math.divide_no_nan(trace, samples), 0.0)
         noise = tf.stack([trace, gradient, tf.cast(valid, tf.float32)])
         return tf.concat([local[:names.noise_trace], noise, local[names.noise_replicas + 1:]], axis=0)
-
-
-def _squared_norm(tensors: list[tf.Tensor | None]) -> tf.Tensor:
-    squares = [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tensors if t is not None]
-    return tf.add_n(squares) if squares else tf.constant(0.0)
 
 
 def _loss_scale(optimizer: keras.optimizers.Optimizer) -> tf.Tensor | None:

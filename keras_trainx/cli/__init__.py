@@ -1,4 +1,4 @@
-"""The `keras-trainx` command line: `demo`, `inspect MODEL`, `plot-schedule`, `experiment warmup`.
+"""The `keras-trainx` command line: `demo`, `inspect`, `plot-schedule`, `experiment`, `launch`.
 
 Each subcommand is a module of this package with `register(subparsers)` (adds its parser and sets
 `func=run`) and `run(args) -> int`. Usage mistakes exit with status 2 (argparse), failures the user
@@ -15,11 +15,11 @@ import sys
 import threading
 from typing import Any
 
-from keras_trainx.cli import demo, experiment, inspect, plot_schedule
+from keras_trainx.cli import demo, experiment, inspect, launch, plot_schedule
 from keras_trainx.cli.errors import CommandError
 from keras_trainx.extras import MissingExtraError
 
-SUBCOMMANDS = (demo, inspect, plot_schedule, experiment)
+SUBCOMMANDS = (demo, inspect, plot_schedule, experiment, launch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,9 +79,19 @@ def epoch_callbacks(x: Any) -> list[keras.callbacks.Callback]:
     >>> epoch_callbacks([1, 2, 3])
     []
     """
-    try:
-        sequence = _SEQUENCE_OF_DATASET.get(x, x)
-    except TypeError:  # unhashable data, e.g. a list or a dict of arrays
-        sequence = x
-    make = getattr(sequence, "epoch_callback", None)
+    make = getattr(remembered_sequence(x), "epoch_callback", None)
     return [make()] if callable(make) else []
+
+
+def remembered_sequence(x: Any) -> Any:
+    """The sequence a dataset recorded by `remember_dataset` serves, or `x` itself for anything else.
+
+    Example:
+
+    >>> remembered_sequence([1, 2])
+    [1, 2]
+    """
+    try:
+        return _SEQUENCE_OF_DATASET.get(x, x)
+    except TypeError:  # unhashable data, e.g. a list or a dict of arrays
+        return x

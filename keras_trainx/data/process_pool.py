@@ -4,7 +4,7 @@ albumentations' per-sample transforms hold Python's GIL for much of their time o
 threads add little; processes use every core. The workers are forks of a launcher process without
 TensorFlow (`process_launcher`: the training process's TensorFlow threads make `fork` of it unsafe),
 started once per training process, which has imported NumPy, OpenCV and albumentations. A worker
-receives the sequence's `BatchBuilder` (`sequence.batches`, no Keras in it) pickled, once, and then
+receives the sequence's `BatchBuilder` (`sequence.for_workers()`, no Keras in it) pickled, once, and then
 builds batch `index` of epoch `epoch` on request, for as long as its dataset lives
 (`process_worker`). Randomness is a pure function of (seed, epoch, index), so a worker's batch is the
 single-process batch. Each worker runs OpenCV with one thread (`cv2.setNumThreads(1)`): the workers
@@ -375,8 +375,8 @@ class ProcessBatches:
     with the fewest requests in flight, and the batches that follow it are requested ahead).
 
     Args:
-        sequence: an `AugmentedSequence` (its `batches`, the sources, targets and transforms, must be
-            picklable).
+        sequence: an `AugmentedSequence` or a `SequenceShard` of one: what its `for_workers()` returns
+            (the sources, targets and transforms) must be picklable.
 
     Example (in a script, under `if __name__ == "__main__":`):
 
@@ -391,7 +391,7 @@ class ProcessBatches:
     """
 
     def __init__(self, sequence: Any) -> None:
-        state, from_main = _pickle(sequence.batches)
+        state, from_main = _pickle(sequence.for_workers())
         setup = ([os.path.abspath(entry) if entry else os.getcwd() for entry in sys.path],
                  _main_for_workers(from_main))
         self.sequence = sequence
@@ -476,8 +476,11 @@ class ProcessBatches:
         return self._views(batch, slot)
 
     def changed_by(self, epoch: int, index: int) -> str:
-        """The sequence's `changed_by` (computed here, in the training process)."""
-        return str(self.sequence.changed_by(epoch, index))
+        """The sequence's `changed_by` (computed here, in the training process), if it has one."""
+        explain = getattr(self.sequence, "changed_by", None)
+        if explain is None:
+            return "static shapes need every batch to have the first batch's shapes and dtypes."
+        return str(explain(epoch, index))
 
     def _views(self, batch: Any, slot: _Slot) -> Any:
         """The batch with each `InSlot` replaced by a view of `slot`; the slot is free again when all

@@ -4,7 +4,7 @@ This module, and what it imports, is all a worker loads besides the user's trans
 albumentations and the batch-building modules of `keras_trainx.data` (no Keras, no TensorFlow). A
 worker talks to the training process over one socket (a `multiprocessing.connection.Connection`):
 
-1. it receives `(sys_path, main)` and then the pickled `BatchBuilder`; unpickling it imports the
+1. it receives `(sys_path, main)` and then the pickled `BatchBuilder` (or `BatchShare`); unpickling it imports the
    modules its transforms come from. The training process's main script (`main`: `("path", file)` or
    `("module", name)`) is run, as `__mp_main__` like Python's spawn does, only if a transform is
    defined in it;
@@ -175,7 +175,7 @@ def run(fd: int) -> int:
                 reply: tuple = ("error", *failure)
             else:
                 writer = SlotWriter(slots.get(slot_id))
-                reply = ("batch", writer.reply(builder.build(epoch, index, writer.empty)))
+                reply = ("batch", writer.reply(builder.build_batch(epoch, index, writer.empty)))
                 del writer
         except Exception as error:
             reply = ("error", _picklable(error), traceback.format_exc())

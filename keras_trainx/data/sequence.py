@@ -23,10 +23,12 @@ from keras_trainx.validation import check_bool, check_int
 class AugmentedSequence(keras.utils.PyDataset):
     """Batches of images augmented with albumentations, reproducible with any number of workers.
 
-    The augmentation of a batch is a pure function of `(seed, epoch, batch index)`: one NumPy
+    The augmentation of a sample is a pure function of `(seed, epoch, sample index)`: one NumPy
     `Generator` and one `random.Random` are derived from them and shared by all transforms of the
     pipeline (`Compose.set_random_state`), so transform decisions are independent of each other,
-    thread or process workers reproduce the single-process batches exactly, and epochs differ.
+    thread or process workers reproduce the single-process batches exactly, the workers of a
+    multi-worker run each augment only their share of a batch (`keras_trainx.data.shard`) and get
+    the single-process samples, and epochs differ.
     The sequence serves the epoch it is told: `set_epoch(e)`, or Keras' hooks, where `on_epoch_end()`
     advances the epoch (and reshuffles when `shuffle`) after an epoch that `on_epoch_begin()` opened
     or whose batches `seq[i]` served (see `on_epoch_end()`). Both loop idioms get epochs 0, 1, 2, ...:
@@ -319,12 +321,44 @@ class AugmentedSequence(keras.utils.PyDataset):
         >>> seq.build_batch(0, 1, lambda shape, dtype: buffer)[0] is buffer, int(buffer.sum())
         (True, 24)
         """
-        return self.batches.build(check_int("epoch", epoch, minimum=0), check_int("index", index), empty)
+        return self.batches.build_batch(check_int("epoch", epoch, minimum=0), check_int("index", index), empty)
+
+    def build_samples(self, epoch: int, ids: np.ndarray,
+                      empty: Callable[[tuple, np.dtype], np.ndarray]) -> tuple:
+        """The batch of samples `ids` of epoch `epoch`, as `build_batch` returns a batch.
+
+        Each sample's augmentation is a pure function of `(seed, epoch, sample index)`, so any subset
+        of a batch (a worker's share of it, see `keras_trainx.data.shard`) holds the samples the
+        whole batch holds.
+
+        Args:
+            epoch: non-negative int.
+            ids: a non-empty int array of sample indices (into `x`).
+            empty: as in `build_batch`.
+
+        Returns:
+            The batch of those samples, in that order.
+
+        Example:
+
+        >>> import albumentations as A
+        >>> seq = AugmentedSequence(np.arange(48, dtype=np.uint8).reshape(4, 2, 2, 3), batch_size=4,
+        ...                         transform=[A.HorizontalFlip(p=0.5)], seed=0, shuffle=False)
+        >>> part = seq.build_samples(1, np.array([2, 3]), np.empty)[0]
+        >>> bool((part == seq.epoch_batch(1, 0)[0][2:]).all())
+        True
+        """
+        return self.batches.build_samples(epoch, ids, empty)
+
+    def for_workers(self) -> BatchBuilder:
+        """What worker processes receive to build this sequence's batches: `batches` (no Keras in it)."""
+        return self.batches
 
     def changed_by(self, epoch: int, index: int) -> str:
         """Names the transforms applied to the first image of batch `index` of `epoch` or to that of
         batch 0 of epoch 0 only (the batch a dataset takes its element spec from), for an error message."""
-        return self.batches.changed_by((0, 0, 0), (epoch, index, 0))
+        return self.batches.changed_by((0, int(self.batch_indices(0, 0)[0])),
+                                       (epoch, int(self.batch_indices(index, epoch)[0])))
 
     def on_epoch_begin(self) -> None:
         """Opens an epoch (Keras calls it at the start of every epoch of `fit` and `evaluate`).
@@ -385,7 +419,9 @@ class AugmentedSequence(keras.utils.PyDataset):
         is deleted. `fit_accumulated` keeps the pass's epoch equal to `fit`'s; with `Model.fit`, add
         `callbacks=[seq.epoch_callback()]` for the same (needed for resumed runs and under a
         distribution strategy, whose first look at the data is a pass of its own). Needs
-        `drop_remainder=True` when the last batch would be partial.
+        `drop_remainder=True` when the last batch would be partial. Under a multi-worker strategy,
+        `fit_accumulated` gives each worker a dataset of its share of every batch instead
+        (`keras_trainx.distribute.shard_sequence`; this dataset's batches are then not read).
 
         Args:
             prefetch: batches to prefetch (`tf.data.AUTOTUNE` by default); 0 prefetches none.
@@ -400,16 +436,7 @@ class AugmentedSequence(keras.utils.PyDataset):
                 f"{self.batch_size} leave a last batch of {self.num_samples % self.batch_size}; build the "
                 f"sequence with drop_remainder=True (or a batch_size that divides {self.num_samples})."
             )
-        if self.use_multiprocessing:
-            from keras_trainx.data.process_pool import ProcessBatches
-
-            # tf.data asks for up to two batches per worker at once; ProcessBatches itself queues the
-            # batches that follow each request, so that a worker never waits for tf.data
-            source = ProcessBatches(self)
-            parallel_calls = 2 * source.workers
-        else:
-            source, parallel_calls = self, self.workers
-        dataset = batch_dataset(source, parallel_calls=parallel_calls, prefetch=prefetch)
+        dataset = workers_dataset(self, prefetch=prefetch)
         remember_dataset(dataset, self)
         return dataset
 
@@ -419,6 +446,30 @@ class AugmentedSequence(keras.utils.PyDataset):
         from keras_trainx.data.preview import preview
 
         return preview(self, n, cols=cols)
+
+
+def workers_dataset(source: Any, *, prefetch: int, static_batch: bool = True) -> tf.data.Dataset:
+    """The `batch_dataset` of `source`, its batches built by `source.workers` threads, or worker
+    processes with `source.use_multiprocessing` (`keras_trainx.data.process_pool`).
+
+    Args:
+        source: a batch source (see `batch_dataset`) with `workers`, `use_multiprocessing` and
+            `build_batch(epoch, index, empty)` and `for_workers()`: an `AugmentedSequence` or a shard
+            of one.
+        prefetch, static_batch: as in `batch_dataset`.
+
+    Returns:
+        A `tf.data.Dataset`.
+    """
+    if source.use_multiprocessing:
+        from keras_trainx.data.process_pool import ProcessBatches
+
+        # tf.data asks for up to two batches per worker at once; ProcessBatches itself queues the
+        # batches that follow each request, so that a worker never waits for tf.data
+        batches = ProcessBatches(source)  # at most one worker per usable core
+        return batch_dataset(batches, parallel_calls=2 * batches.workers, prefetch=prefetch,
+                             static_batch=static_batch)
+    return batch_dataset(source, parallel_calls=source.workers, prefetch=prefetch, static_batch=static_batch)
 
 
 def _check_class_names(class_names: Any, num_classes: int | None, y: Any) -> list[str]:

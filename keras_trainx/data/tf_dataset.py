@@ -154,7 +154,7 @@ def to_tf_dataset(sequence: keras.utils.PyDataset, *, drop_remainder: bool = Fal
 
 
 def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool = False,
-                  prefetch: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+                  prefetch: int = tf.data.AUTOTUNE, static_batch: bool = True) -> tf.data.Dataset:
     """The `tf.data.Dataset` of a batch source: one pass per iteration, batches built on request.
 
     Args:
@@ -163,10 +163,16 @@ def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool 
             (thread-safe when `parallel_calls > 1`).
         parallel_calls: batch requests in flight at once.
         drop_remainder, prefetch: as in `to_tf_dataset`.
+        static_batch: False leaves the batch dimension unknown (`None`), so that batches may differ
+            in size (a worker's share of each batch, `keras_trainx.data.shard`); `drop_remainder`
+            must then be False.
 
     Returns:
         The dataset; it keeps `source` alive (see the module docstring).
     """
+    if not static_batch and drop_remainder:
+        raise ValueError("batch_dataset: drop_remainder=True needs static_batch=True (a batch of another "
+                         "size is only dropped when the batch dimension is static).")
     num_batches = len(source)
     if num_batches < 1:
         raise ValueError("sequence has no batches.")
@@ -176,7 +182,7 @@ def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool 
     last = _flat_arrays(last_batch, num_batches - 1)
     tf.nest.assert_same_structure(structure, last_batch)
     batch_size = len(first[0])
-    if len(last[0]) != batch_size:
+    if len(last[0]) != batch_size and static_batch:
         if not drop_remainder:
             raise ValueError(
                 f"sequence: the last batch has {len(last[0])} samples, the others {batch_size}; static shapes "
@@ -188,7 +194,7 @@ def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool 
     spec = [(a.dtype, a.shape) for a in first]
     _check_like_first(source, spec, last, 0, len(source) - 1, batch_axis=False)
     dtypes = [tf.as_dtype(a.dtype) for a in first]
-    shapes = [a.shape for a in first]
+    shapes = [a.shape if static_batch else (None,) + a.shape[1:] for a in first]
     source_ref = weakref.ref(source)
 
     def live_source() -> Any:
@@ -203,7 +209,7 @@ def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool 
     def load(epoch: Any, index: Any) -> list[np.ndarray]:
         live, epoch, index = live_source(), int(epoch), int(index)
         flat = _flat_arrays(live.epoch_batch(epoch, index), index)
-        _check_like_first(live, spec, flat, epoch, index, batch_axis=True)
+        _check_like_first(live, spec, flat, epoch, index, batch_axis=static_batch)
         return flat
 
     def pass_batches(epoch: tf.Tensor) -> tf.data.Dataset:

@@ -8,8 +8,10 @@
    Kaggle and Colab TPU VMs) -> `TPUStrategy`, after connecting to the cluster and initializing the
    TPU system;
 2. `TF_CONFIG` naming more than one task -> `MultiWorkerMirroredStrategy`;
-3. more than one GPU -> `MirroredStrategy` over them; one GPU -> `OneDeviceStrategy("/gpu:0")`;
-4. else the default strategy (`tf.distribute.get_strategy()`).
+3. a task of an `srun` step of more than one task (`SLURM_STEP_NUM_TASKS` > 1) ->
+   `MultiWorkerMirroredStrategy` over the step's tasks (`keras_trainx.distribute.slurm`);
+4. more than one GPU -> `MirroredStrategy` over them; one GPU -> `OneDeviceStrategy("/gpu:0")`;
+5. else the default strategy (`tf.distribute.get_strategy()`).
 
 A TPU asked for with `tpu=` that cannot be reached is an error; one found in the environment that
 cannot be reached is passed over, and the log line says why. The choice is logged as ONE line on the
@@ -36,6 +38,7 @@ import urllib.parse
 
 import tensorflow as tf
 
+from keras_trainx.distribute.slurm import slurm_cluster_resolver
 from keras_trainx.validation import check_float
 
 logger = logging.getLogger("keras_trainx")
@@ -141,6 +144,11 @@ def _select(tpu: str | None, probe_timeout: float, connect_timeout: float) -> tu
     if workers > 1:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return strategy, "MultiWorkerMirroredStrategy", f"TF_CONFIG names {workers} tasks{passed_over}"
+    slurm = slurm_cluster_resolver()
+    if slurm is not None:
+        resolver, description = slurm
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return strategy, "MultiWorkerMirroredStrategy", f"{description}{passed_over}"
     gpus = _gpu_devices()
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy(gpus), "MirroredStrategy", f"{len(gpus)} GPUs{passed_over}"

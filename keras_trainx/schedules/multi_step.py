@@ -6,8 +6,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_trainx.schedules.step_rules import saturated_rate, valid_step
-from keras_trainx.validation import check_float, check_int
+from keras_trainx.schedules.step_rules import check_step_count, saturated_rate, valid_step
+from keras_trainx.validation import check_float
 
 
 @keras.saving.register_keras_serializable(package="keras_trainx")
@@ -26,7 +26,8 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     Args:
         initial_learning_rate: Python float > 0. The learning rate before the first milestone.
-        milestones: Strictly increasing list of Python ints >= 1: the steps where the rate drops.
+        milestones: Strictly increasing list of Python ints in [1, 2**63 - 1]: the steps where the rate
+            drops.
         factor: Python float > 0. Multiplier applied at each milestone.
 
     Example:
@@ -43,7 +44,7 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
                                                  exclusive_minimum=True)
         if not isinstance(milestones, (list, tuple)) or not milestones:
             raise TypeError(f"`milestones` must be a non-empty list of ints; received milestones={milestones!r}.")
-        milestones = [check_int(f"milestones[{i}]", m, minimum=1) for i, m in enumerate(milestones)]
+        milestones = [check_step_count(f"milestones[{i}]", m, minimum=1) for i, m in enumerate(milestones)]
         if any(b <= a for a, b in zip(milestones, milestones[1:])):
             raise ValueError(f"`milestones` must be strictly increasing; received milestones={milestones}.")
         self.milestones = milestones

@@ -6,8 +6,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_trainx.schedules.step_rules import saturated_rate, valid_step
-from keras_trainx.validation import check_float, check_int
+from keras_trainx.schedules.step_rules import check_step_count, saturated_rate, valid_step
+from keras_trainx.validation import check_float
 
 _ANNEALS = ("cos", "linear")
 
@@ -38,7 +38,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     Args:
         max_learning_rate: Python float > 0. The peak learning rate.
-        total_steps: Python int >= 2. Number of updates in the cycle.
+        total_steps: Python int in [2, 2**63 - 1]. Number of updates in the cycle.
         pct_start: Python float in (0, 1). Fraction of the cycle spent increasing; the peak step
             `pct_start * total_steps - 1` must lie strictly between 0 and `total_steps - 1`.
         div_factor: Python float > 0. `initial = max_learning_rate / div_factor`.
@@ -58,7 +58,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         super().__init__()
         self.max_learning_rate = check_float("max_learning_rate", max_learning_rate, minimum=0.0,
                                              exclusive_minimum=True)
-        self.total_steps = check_int("total_steps", total_steps, minimum=2)
+        self.total_steps = check_step_count("total_steps", total_steps, minimum=2)
         self.pct_start = check_float("pct_start", pct_start, minimum=0.0, exclusive_minimum=True)
         peak = self.pct_start * self.total_steps - 1
         if not 0 < peak < self.total_steps - 1:

@@ -11,6 +11,7 @@ from keras_trainx.extras import require
 from keras_trainx.schedules.cosine_restarts import CosineAnnealingWarmupRestarts
 from keras_trainx.schedules.multi_step import MultiStepDecay
 from keras_trainx.schedules.one_cycle import OneCycle
+from keras_trainx.schedules.step_rules import MAX_STEP
 from keras_trainx.schedules.warmup import WarmUp
 
 DRAWN_STEPS = 2000  # evenly spaced steps `plot(s, n)` evaluates: more than a figure has pixels across
@@ -24,13 +25,22 @@ def _steps_array(steps: int | Sequence[int] | np.ndarray,
     if isinstance(steps, (int, np.integer)):
         if steps < 1:
             raise ValueError(f"`steps` must be >= 1 when given as an int; received steps={steps}.")
+        if steps > MAX_STEP:
+            raise ValueError(f"`steps` must be <= 2**63 - 1 when given as an int (steps 0 .. n-1); received "
+                             f"steps={steps}. The optimizer counts steps in int64: no step lies beyond 2**63 - 1.")
         return drawn(int(steps))
     array = np.asarray(steps)
     if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu" or (array < 0).any():
         raise ValueError(
             f"`steps` must be an int or a non-empty 1-D sequence of non-negative ints; received {steps!r}."
         )
-    return array
+    if array.dtype.kind == "u" and (array > MAX_STEP).any():
+        beyond = int(np.argmax(array > MAX_STEP))
+        raise ValueError(
+            f"`steps` must hold steps <= 2**63 - 1; received steps[{beyond}]={int(array[beyond])}. The optimizer "
+            "counts steps in int64: no step lies beyond 2**63 - 1."
+        )
+    return array.astype(np.int64)
 
 
 def values(schedule: keras.optimizers.schedules.LearningRateSchedule,
@@ -39,7 +49,7 @@ def values(schedule: keras.optimizers.schedules.LearningRateSchedule,
 
     Args:
         schedule: A `keras.optimizers.schedules.LearningRateSchedule`.
-        steps: A Python int `n` (steps `0 .. n-1`) or a 1-D sequence of non-negative int steps.
+        steps: A Python int `n` (steps `0 .. n-1`) or a 1-D sequence of int steps in [0, 2**63 - 1].
 
     Returns:
         A float64 numpy array with one learning rate per step.
@@ -79,8 +89,11 @@ def drawn_steps(schedule: keras.optimizers.schedules.LearningRateSchedule, n: in
     """
     if n <= DRAWN_STEPS:
         return np.arange(n)
-    grid = np.linspace(0, n - 1, DRAWN_STEPS).round().astype(np.int64)
-    edges = np.asarray(_breakpoints(schedule, n), np.int64)
+    # `round(i * (n - 1) / (DRAWN_STEPS - 1))` in Python ints: exact for any n (float64 would round a
+    # step past 2**53 and could draw step n itself)
+    span, intervals = n - 1, DRAWN_STEPS - 1
+    grid = np.array([(2 * i * span + intervals) // (2 * intervals) for i in range(DRAWN_STEPS)], np.int64)
+    edges = np.asarray([edge for edge in _breakpoints(schedule, n) if edge < n], np.int64)
     if len(edges) > DRAWN_STEPS:
         return grid
     around = (edges[:, None] + np.array([-1, 0, 1])).ravel()

@@ -5,7 +5,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_trainx.schedules.step_rules import saturated_rate, valid_step
+from keras_trainx.schedules.step_rules import check_step_count, saturated_rate, valid_step
 from keras_trainx.validation import check_bool, check_choice, check_float, check_int
 
 _MODES = ("linear", "exponential")
@@ -48,7 +48,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     Args:
         after: The schedule that follows the warm-up (any `LearningRateSchedule`) or a constant
             learning rate (a Python float).
-        warmup_steps: Python int >= 0. Number of updates spent warming up; 0 means no warm-up.
+        warmup_steps: Python int in [0, 2**63 - 1]. Number of updates spent warming up; 0 means no warm-up.
             `keras_trainx.schedules.epochs_to_steps` converts epochs.
         initial_learning_rate: Python float >= 0. The learning rate of the first update.
         mode: `"linear"`, or `"exponential"` for a log-linear (geometric) ramp, which needs a
@@ -95,7 +95,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
             )
         if not isinstance(after, keras.optimizers.schedules.LearningRateSchedule):
             after = check_float("after", after, minimum=0.0)
-        warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        warmup_steps = check_step_count("warmup_steps", warmup_steps, minimum=0)
         mode = check_choice("mode", mode, _MODES)
         initial_learning_rate = check_float("initial_learning_rate", initial_learning_rate, minimum=0.0)
         if initial_fraction is not None:
@@ -141,10 +141,11 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
             initial = ops.convert_to_tensor(self.initial_learning_rate, "float32")
         else:
             initial = self.initial_fraction * target
-        progress = ops.cast(step, "float32")
-        if self.staircase_steps is not None:
-            progress = ops.floor(progress / self.staircase_steps) * self.staircase_steps
-        fraction = progress / max(self.warmup_steps, 1)
+        progress = step
+        if self.staircase_steps is not None:  # in the step's own dtype: int64 stairs are exact at any step
+            stair = ops.cast(self.staircase_steps, step.dtype)
+            progress = ops.floor_divide(step, stair) * stair
+        fraction = ops.cast(ops.cast(progress, "float64") / float(max(self.warmup_steps, 1)), "float32")
         if self.mode == "linear":
             warming = initial + (target - initial) * fraction
         else:  # towards a peak of 0 the geometric ramp is 0 after its first update (its limit), not 0/0
