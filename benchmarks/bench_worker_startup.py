@@ -152,6 +152,7 @@ def _median(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=180, help="seconds before a measurement counts as hung")
     parser.add_argument("--serve", choices=PEERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -160,12 +161,19 @@ def main() -> None:
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {peer: [] for peer in PEERS}
     imports: list[float] = []
+    hung = {peer: 0 for peer in PEERS}
     for round_number in range(args.rounds):
         order = PEERS[round_number % 2:] + PEERS[:round_number % 2]
         for peer in order:
-            output = subprocess.run([sys.executable, __file__, "--serve", peer], capture_output=True, text=True,
-                                    check=True, timeout=600).stdout
-            runs[peer].append(json.loads(output.strip().splitlines()[-1]))
+            try:
+                done = subprocess.run([sys.executable, __file__, "--serve", peer], capture_output=True, text=True,
+                                      timeout=args.timeout)
+            except subprocess.TimeoutExpired:  # seen with Keras' pool: a fork of a threaded process can hang
+                hung[peer] += 1
+                continue
+            if done.returncode:
+                sys.exit(f"the {peer} measurement failed:\n{done.stderr[-3000:]}")
+            runs[peer].append(json.loads(done.stdout.strip().splitlines()[-1]))
         start = time.perf_counter()  # the launcher's floor: a fresh interpreter importing what it needs
         subprocess.run([sys.executable, "-c", "import numpy, cv2, albumentations"], check=True, timeout=600)
         imports.append(time.perf_counter() - start)
@@ -179,7 +187,7 @@ def main() -> None:
         uss = _median([value for run in runs[peer] for value in run["uss"]])
         mapped = sum(any(run["tensorflow_mapped"]) for run in runs[peer])
         print(f"{LABELS[peer]:58s} {seconds:15.2f}s {seconds / keras_seconds:8.1f}x {uss:17.1f} "
-              f"{mapped:>4d} of {len(runs[peer])}")
+              f"{mapped:>4d} of {len(runs[peer])}" + (f"  ({hung[peer]} run(s) hung, not counted)" if hung[peer] else ""))
     ours = runs["ours"]
     print(f"ours: worker processes per run {sorted({run['workers'] for run in ours})}, launcher USS "
           f"{_median([run['launcher_uss'] for run in ours]):.1f} MiB, a second to_tf_dataset() in the same process: "
