@@ -145,7 +145,7 @@ def test_strict_mode_rejects_arguments_albumentations_would_ignore():
 def test_images_of_different_sizes_need_a_fixed_output_size():
     small, large = np.zeros((8, 8, 3), np.uint8), np.zeros((10, 12, 3), np.uint8)
     seq = AugmentedSequence([small, large], batch_size=2, shuffle=False, seed=0)
-    with pytest.raises(ValueError, match=r"x\[1\] comes out of the pipeline with shape \(10, 12, 3\).*image_size"):
+    with pytest.raises(ValueError, match=r"x\[1\] comes out of the pipeline as uint8 \(10, 12, 3\).*image_size"):
         seq[0]
     resized = AugmentedSequence([small, large], batch_size=2, shuffle=False, seed=0, image_size=(6, 5))
     assert resized[0][0].shape == (2, 6, 5, 3)

@@ -6,6 +6,7 @@ imported or set up can hide a problem.
 
 import ast
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -173,3 +174,28 @@ def test_a_moved_module_imports_from_its_old_path_with_a_warning_naming_the_new_
                      "path will be removed)."]]
         for old, new in MOVED.items()
     }
+
+
+def test_importing_the_package_loads_neither_keras_nor_tensorflow_until_a_public_name_is_used():
+    result = _run(
+        "import sys, keras_trainx\n"
+        "heavy = lambda: sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow'})\n"
+        "print(heavy(), keras_trainx.__version__, heavy())\n"
+        "keras_trainx.fit_accumulated, keras_trainx.AugmentedSequence, keras_trainx.schedules.MultiStepDecay\n"
+        "print(heavy(), sorted(set(keras_trainx.__all__) - set(dir(keras_trainx))))"
+    )
+    assert result.returncode == 0, result.stderr
+    from keras_trainx._version import __version__
+
+    assert result.stdout.strip().splitlines()[-2:] == [f"[] {__version__} []", "['keras', 'tensorflow'] []"]
+
+
+@pytest.mark.parametrize("code", ["import keras, keras_trainx", "import keras_trainx; keras_trainx.load_model"],
+                         ids=["keras-first", "public-name"])
+def test_another_keras_backend_is_refused_where_keras_is_loaded(code):
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                            cwd=PACKAGE.parent, env={**os.environ, "KERAS_BACKEND": "numpy"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ImportError: keras_trainx needs Keras' TensorFlow backend; this process uses 'numpy'. Set "
+        "KERAS_BACKEND=tensorflow before importing keras.")

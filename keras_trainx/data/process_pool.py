@@ -1,167 +1,121 @@
 """Builds an `AugmentedSequence`'s batches in worker processes, for `to_tf_dataset()`.
 
 albumentations' per-sample transforms hold Python's GIL for much of their time on small images, so
-threads add little; processes use every core. Workers start from a fork server that has imported this
-package once (not from the training process, whose TensorFlow threads make `fork` unsafe), receive the
-pickled sequence once, and then build batch `index` of epoch `epoch` on request, for as long as their
-dataset lives. Randomness is a pure function of (seed, epoch, index), so a worker's batch is the
-single-process batch. Each worker runs OpenCV with one thread (`cv2.setNumThreads(1)`, in the worker
-only): the workers already fill the cores, and OpenCV's own threads would wait for work on them.
+threads add little; processes use every core. The workers are forks of a launcher process without
+TensorFlow (`process_launcher`: the training process's TensorFlow threads make `fork` of it unsafe),
+started once per training process, which has imported NumPy, OpenCV and albumentations. A worker
+receives the sequence's `BatchBuilder` (`sequence.for_workers()`, no Keras in it) pickled, once, and then
+builds batch `index` of epoch `epoch` on request, for as long as its dataset lives
+(`process_worker`). Randomness is a pure function of (seed, epoch, index), so a worker's batch is the
+single-process batch. Each worker runs OpenCV with one thread (`cv2.setNumThreads(1)`): the workers
+already fill the cores, and OpenCV's own threads would wait for work on them. More workers than the
+process's usable cores would only add memory and start-up time: they are capped, with a warning.
 
 Batches come back without copies where the system has `memfd_create` (Linux): the worker writes the
 batch's arrays into a shared-memory slot, and the training process hands views of that slot to
 TensorFlow, which keeps them (64-byte aligned) without a copy; a slot is reused once TensorFlow has
-let go of every array of its batch. Elsewhere, or for a batch that does not fit its slot, the arrays
-are pickled through the worker's pipe.
+let go of every array of its batch. A batch kept after its dataset is gone keeps its own slot mapped,
+no other. Elsewhere, or for a batch that does not fit its slot, the arrays are pickled through the
+worker's socket.
 
 The workers end when their `ProcessBatches` is deleted (with the dataset that holds it), at the latest
 when the interpreter exits, and also when the training process dies without either (killed, a notebook
-kernel that crashed): a worker waits for requests on a pipe whose other end only the training process
-holds, and ends when it reads the end of that pipe (after the batch it is building, if any).
+kernel that crashed): a worker waits for requests on a socket whose other end only the training
+process holds, and ends when it reads the end of it (after the batch it is building, if any). A
+worker that dies (a crash, `os._exit()`, SIGKILL from the out-of-memory killer) fails the batches it
+owed with an error naming it and how it ended; workers that cannot all start (the open-file limit)
+are stopped before the error is raised.
 
-Like every process started by Python's fork server (and spawn), a worker first imports the main script:
-a script that builds and iterates such a dataset at its top level needs the
-`if __name__ == "__main__":` guard, or each worker would run it again (Python stops such a worker).
-`ProcessBatches` therefore refuses to start workers for a main script that has no such guard at all, at
-once and saying why; should a worker still end early, the batch request raises with the same advice.
+A worker runs the training process's main script (as `__mp_main__`, like Python's spawn) only when a
+transform is defined in it: a script without an `if __name__ == "__main__":` guard would then run
+again in every worker, and is refused at once, saying why.
 """
 
 import ast
 import collections
 import concurrent.futures
+import errno
 import functools
+import io
 import mmap
 import multiprocessing
 import os
 import pickle
 import queue
+import resource
+import signal
+import socket
+import subprocess
 import sys
 import threading
-import traceback
+import types
+import warnings
 import weakref
 from multiprocessing import reduction
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from keras_trainx.extras import require
+from keras_trainx.data import process_launcher
+from keras_trainx.data.process_worker import InSlot, aligned, map_arrays
 
 GUARD_HINT = (
-    "Worker processes start by importing the main script (Python's fork server, as with spawn), so a "
-    "script that builds and iterates the dataset at its top level would run again in every worker; "
-    "Python stops such a worker. Put the script's work under `if __name__ == \"__main__\":`, or build "
-    "the sequence with use_multiprocessing=False (threads)."
+    "A transform of the sequence is defined in the main script, so worker processes run the script "
+    "(as Python's spawn does) to import it, and a script that builds and iterates the dataset at its top "
+    "level would run again in every worker. Put the script's work under `if __name__ == \"__main__\":`, "
+    "define the transform in a module of its own, or build the sequence with use_multiprocessing=False "
+    "(threads)."
 )
 
-# TensorFlow wraps an array without a copy when its data is aligned to this many bytes.
-ALIGNMENT = 64
 SHARED_SLOTS = hasattr(os, "memfd_create")
 
 
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // ALIGNMENT) * ALIGNMENT
+def usable_cores() -> int:
+    """The number of cores this process may run on (its CPU affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
-def _map_arrays(function: Any, batch: Any) -> Any:
-    """`batch` with `function` applied to every array in it (tuples, lists and dicts are walked)."""
-    if isinstance(batch, np.ndarray):
-        return function(batch)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_map_arrays(function, item) for item in batch)
-    if isinstance(batch, dict):
-        return {key: _map_arrays(function, value) for key, value in batch.items()}
-    return batch
+class _Pickler(pickle.Pickler):
+    """Pickles the builder and notes the classes and functions it takes from `__main__`."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.from_main: list[str] = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__":
+            self.from_main.append(obj.__qualname__)
+        return NotImplemented
 
 
-class _InSlot:
-    """Where an array of a batch lies in its shared-memory slot (the reply carries this, not the array)."""
-
-    def __init__(self, offset: int, shape: tuple[int, ...], dtype: str) -> None:
-        self.offset, self.shape, self.dtype = offset, shape, dtype
-
-
-class _SlotWriter:
-    """Places one batch's arrays in a shared-memory slot, one after the other, each 64-byte aligned.
-
-    `empty(shape, dtype)` hands out an array in the slot (the sequence builds its images there);
-    `reply(batch)` copies the batch's other arrays in and replaces every array in the slot by its
-    `_InSlot`. Arrays that do not fit stay in the reply (pickled).
-    """
-
-    def __init__(self, slot: mmap.mmap | None) -> None:
-        self.memory = np.frombuffer(slot, np.uint8) if slot is not None else np.empty(0, np.uint8)
-        self.used = 0
-        # id -> (where, the array itself): holding the array keeps its id from being reused by another
-        self.placed: dict[int, tuple[_InSlot, np.ndarray]] = {}
-
-    def _place(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if dtype.hasobject or self.used + nbytes > len(self.memory):
-            return None
-        array = self.memory[self.used:self.used + nbytes].view(dtype).reshape(shape)
-        self.placed[id(array)] = (_InSlot(self.used, tuple(shape), dtype.str), array)
-        self.used += _aligned(nbytes)
-        return array
-
-    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        array = self._place(shape, dtype)
-        return np.empty(shape, dtype) if array is None else array
-
-    def reply(self, batch: Any) -> Any:
-        def place(array: np.ndarray) -> Any:
-            if id(array) in self.placed:
-                return self.placed[id(array)][0]
-            copy = self._place(array.shape, array.dtype)
-            if copy is None:
-                return array
-            copy[...] = array
-            return self.placed[id(copy)][0]
-
-        return _map_arrays(place, batch)
+def _pickle(builder: Any) -> tuple[bytes, list[str]]:
+    """The pickled builder, and the names it takes from `__main__`."""
+    buffer = io.BytesIO()
+    pickler = _Pickler(buffer)
+    try:
+        pickler.dump(builder)
+    except Exception as error:
+        raise ValueError(
+            "use_multiprocessing=True sends the sequence to worker processes, but it cannot be "
+            f"pickled ({type(error).__name__}: {error}); use picklable transforms (no lambdas or "
+            "local functions) or use_multiprocessing=False."
+        ) from error
+    return buffer.getvalue(), sorted(set(pickler.from_main))
 
 
-def _worker(conn: Connection, state: bytes) -> None:
-    """A worker's life: build the batches the training process asks for, until told to stop or orphaned."""
-    require("cv2", "AugmentedSequence").setNumThreads(1)
-    sequence = pickle.loads(state)
-    slots: dict[int, mmap.mmap] = {}
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):  # the training process is gone
-            return
-        if request is None:
-            return
-        epoch, index, slot_id, slot_size, new_slot = request
-        if new_slot:
-            descriptor = reduction.recv_handle(conn)
-            slots[slot_id] = mmap.mmap(descriptor, slot_size)
-            os.close(descriptor)
-        try:
-            writer = _SlotWriter(slots.get(slot_id))
-            reply: tuple = ("batch", writer.reply(sequence.build_batch(epoch, index, writer.empty)))
-            del writer
-        except Exception as error:
-            try:
-                pickle.dumps(error)
-            except Exception:
-                error = RuntimeError(f"{type(error).__name__}: {error}")
-            reply = ("error", error, traceback.format_exc())
-        try:
-            conn.send(reply)
-        except OSError:  # the training process is gone
-            return
-
-
-def _main_script() -> str | None:
-    """The path of the main script that worker processes will import, or None (`-m`, -c, notebooks)."""
+def _main_source() -> tuple[str, str] | None:
+    """How a worker imports the main module: `("path", script)`, `("module", name)` for `python -m
+    name`, or None (`-c`, interactive sessions, notebooks, a package's `__main__`)."""
     main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return None if name == "__main__" or name.endswith(".__main__") else ("module", name)
     path = getattr(main, "__file__", None)
-    if getattr(main, "__spec__", None) is not None or not isinstance(path, str) or not path.endswith(".py"):
+    if not isinstance(path, str) or not path.endswith(".py"):
         return None
-    return path
+    return "path", os.path.abspath(path)
 
 
 def _has_main_guard(path: str) -> bool:
@@ -178,6 +132,110 @@ def _has_main_guard(path: str) -> bool:
     return False
 
 
+def _main_for_workers(from_main: list[str]) -> tuple[str, str] | None:
+    """What the workers must run of the main module to unpickle `from_main`; refuses what they cannot."""
+    if not from_main:
+        return None
+    names = ", ".join(from_main)
+    main = _main_source()
+    if main is None:
+        raise ValueError(
+            f"use_multiprocessing=True: {names} is defined in __main__, which worker processes cannot "
+            "import here (an interactive session, a notebook, `python -c` or a package's __main__): define "
+            "it in a module (a .py file on the import path), or use use_multiprocessing=False (threads)."
+        )
+    if main[0] == "path" and not _has_main_guard(main[1]):
+        raise RuntimeError(f"use_multiprocessing=True: {main[1]} has no `if __name__ == \"__main__\":` "
+                           f"guard, and it defines {names}. {GUARD_HINT}")
+    return main
+
+
+def _read_int(fd: int) -> int | None:
+    """One value from a status pipe, or None at its end."""
+    data = b""
+    while len(data) < process_launcher.STATUS.size:
+        try:
+            chunk = os.read(fd, process_launcher.STATUS.size - len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return int(process_launcher.STATUS.unpack(data)[0])
+
+
+def describe_exit(code: int | None) -> str:
+    """How a worker ended, from its exit code (`os.waitstatus_to_exitcode`), for error messages.
+
+    Example:
+
+    >>> describe_exit(-9)
+    "was killed by signal 9 (SIGKILL: the system's out-of-memory killer sends it, see `dmesg`, as does `kill -9`)"
+    """
+    if code is None:
+        return "ended (how is unknown: the worker launcher is gone too)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        why = {"SIGKILL": ": the system's out-of-memory killer sends it, see `dmesg`, as does `kill -9`",
+               "SIGSEGV": ": a crash in native code (OpenCV, NumPy or a transform's compiled code)"}
+        return f"was killed by signal {-code} ({name}{why.get(name, '')})"
+    if code == 0:
+        return "exited with status 0 without replying (something it ran called os._exit())"
+    return f"exited with status {code} (its traceback, if it printed one, is above)"
+
+
+class Launcher:
+    """The training process's handle on its worker launcher (`process_launcher`), a fresh interpreter."""
+
+    def __init__(self) -> None:
+        self.control, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(process_launcher.command(theirs.fileno()),
+                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self.lock = threading.Lock()
+
+    def start_worker(self, worker_fd: int) -> tuple[int, int]:
+        """Starts a worker on socket `worker_fd`; returns its pid and the read end of its status pipe."""
+        status, theirs = os.pipe()
+        try:
+            with self.lock:
+                socket.send_fds(self.control, [b"w"], [worker_fd, theirs])
+        except OSError:
+            os.close(status)
+            raise
+        finally:
+            os.close(theirs)
+        pid = _read_int(status)
+        if pid is not None and pid > 0:
+            return pid, status
+        os.close(status)
+        if pid is not None:
+            raise OSError(-pid, f"the worker launcher could not fork a worker: {os.strerror(-pid)}")
+        if self.process.poll() is not None:
+            raise OSError(errno.ECHILD, f"the worker launcher (pid {self.process.pid}) ended with status "
+                                        f"{self.process.returncode}; its error, if any, is above")
+        raise OSError(errno.EMFILE, "the worker launcher received the request without its descriptors: it "
+                                    "has too many open files")
+
+
+_LAUNCHER: Launcher | None = None
+_LAUNCHER_LOCK = threading.Lock()
+
+
+def launcher() -> Launcher:
+    """This process's worker launcher, started on first use (and again if it ended)."""
+    global _LAUNCHER
+    with _LAUNCHER_LOCK:
+        if _LAUNCHER is None or _LAUNCHER.process.poll() is not None:
+            _LAUNCHER = Launcher()
+        return _LAUNCHER
+
+
 class _Slot:
     """A shared-memory slot for one batch: an anonymous memory file, mapped here and in the workers."""
 
@@ -190,19 +248,29 @@ class _Slot:
 
 
 class _WorkerHandle:
-    """The training process's side of one worker: its pipe, its requests in flight, and their reader."""
+    """The training process's side of one worker: its socket, its requests in flight, and their reader."""
 
-    def __init__(self, context: Any, state: bytes) -> None:
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, state), daemon=True,
-                                       name="keras_trainx batch worker")
-        self.process.start()
-        child.close()
+    def __init__(self, setup: tuple, state: bytes) -> None:
+        self.conn, theirs = multiprocessing.Pipe()
+        try:
+            self.pid, self.status = launcher().start_worker(theirs.fileno())
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            theirs.close()
+        self.exit_code: int | None = None
         self.lock = threading.Lock()
         self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
         self.slots_sent: set[int] = set()
         self.alive = True
-        threading.Thread(target=self._read_replies, daemon=True, name="keras_trainx batch replies").start()
+        self.reader = threading.Thread(target=self._read_replies, daemon=True, name="keras_trainx batch replies")
+        self.reader.start()
+        try:
+            self.conn.send(setup)
+            self.conn.send_bytes(state)
+        except OSError:  # the worker ended at once: its reader says how
+            pass
 
     def _read_replies(self) -> None:
         while True:
@@ -215,14 +283,22 @@ class _WorkerHandle:
             future.set_result(reply)
         with self.lock:
             self.alive = False
+        self.exit_code = _read_int(self.status)
+        os.close(self.status)
+        with self.lock:
             failed = list(self.pending)
             self.pending.clear()
         for future in failed:
-            future.set_exception(EOFError("the worker process ended"))
+            future.set_exception(self.ended())
         self.conn.close()
 
+    def ended(self) -> RuntimeError:
+        """The error for a batch this worker cannot build: it names the worker and how it ended."""
+        return RuntimeError(f"worker process {self.pid} of use_multiprocessing=True "
+                            f"{describe_exit(self.exit_code)}; the dataset cannot go on without it.")
+
     def request(self, epoch: int, index: int, slot: _Slot | None) -> concurrent.futures.Future:
-        """Sends a batch request; the future gets the worker's reply, or EOFError if the worker is gone."""
+        """Sends a batch request; the future gets the worker's reply, or `ended()` if the worker is gone."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:  # the reader takes the lock to match a reply with its request: none comes before
             if self.alive:
@@ -232,14 +308,15 @@ class _WorkerHandle:
                                     0 if slot is None else slot.size, new_slot))
                     if new_slot:
                         assert slot is not None
-                        reduction.send_handle(self.conn, slot.descriptor, self.process.pid)
+                        reduction.send_handle(self.conn, slot.descriptor, self.pid)
                         self.slots_sent.add(slot.id)
                 except OSError:
-                    self.alive = False
+                    pass
                 else:
                     self.pending.append(future)
                     return future
-        future.set_exception(EOFError("the worker process ended"))
+        self.reader.join()
+        future.set_exception(self.ended())
         return future
 
     def stop(self) -> None:
@@ -256,22 +333,50 @@ def _stop(workers: list[_WorkerHandle], wait: bool) -> None:
         worker.stop()
     if wait:
         for worker in workers:
-            worker.process.join(timeout=60)
+            worker.reader.join(timeout=60)
 
 
 def _release(free: "queue.SimpleQueue[_Slot]", slot: _Slot, _: concurrent.futures.Future) -> None:
     free.put(slot)
 
 
+def _give_back(batches: "weakref.ref[ProcessBatches]", slot: _Slot) -> None:
+    """Returns `slot` to its pool for reuse, if the pool still exists (holding it weakly: a batch kept
+    after its dataset is gone keeps its own slot mapped, not the pool's others)."""
+    pool = batches()
+    if pool is not None:
+        pool._free.put(slot)
+
+
+def _start_workers(count: int, setup: tuple, state: bytes) -> list[_WorkerHandle]:
+    """Starts `count` workers; if one cannot start, stops those that did and raises OSError saying why."""
+    workers: list[_WorkerHandle] = []
+    try:
+        for _ in range(count):
+            workers.append(_WorkerHandle(setup, state))
+    except OSError as error:
+        _stop(workers, True)
+        hint = ""
+        if error.errno == errno.EMFILE:
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            hint = (f" This process may open {limit} files (`ulimit -n`), and each worker holds 2 of them "
+                    "(plus one per shared-memory batch slot): raise the limit or lower workers.")
+        raise OSError(error.errno, f"use_multiprocessing=True started {len(workers)} of {count} worker "
+                                   f"processes, then failed: {error.strerror or error}.{hint} The workers that "
+                                   "had started are stopped.") from error
+    return workers
+
+
 class ProcessBatches:
-    """Builds `sequence`'s batches in `sequence.workers` worker processes.
+    """Builds `sequence`'s batches in `sequence.workers` worker processes (at most one per usable core).
 
     A batch source for `keras_trainx.data.tf_dataset.batch_dataset`: `start_pass()` is the sequence's,
     `epoch_batch(epoch, index)` is computed by a worker (thread-safe: each request goes to the worker
     with the fewest requests in flight, and the batches that follow it are requested ahead).
 
     Args:
-        sequence: an `AugmentedSequence` (picklable: its sources, targets and transforms).
+        sequence: an `AugmentedSequence` or a `SequenceShard` of one: what its `for_workers()` returns
+            (the sources, targets and transforms) must be picklable.
 
     Example (in a script, under `if __name__ == "__main__":`):
 
@@ -286,27 +391,22 @@ class ProcessBatches:
     """
 
     def __init__(self, sequence: Any) -> None:
-        try:
-            state = pickle.dumps(sequence)
-        except Exception as error:
-            raise ValueError(
-                "use_multiprocessing=True sends the sequence to worker processes, but it cannot be "
-                f"pickled ({type(error).__name__}: {error}); use picklable transforms (no lambdas or "
-                "local functions) or use_multiprocessing=False."
-            ) from error
-        script = _main_script()
-        if script is not None and not _has_main_guard(script):
-            raise RuntimeError(f"use_multiprocessing=True: {script} has no `if __name__ == \"__main__\":` "
-                               f"guard. {GUARD_HINT}")
+        state, from_main = _pickle(sequence.for_workers())
+        setup = ([os.path.abspath(entry) if entry else os.getcwd() for entry in sys.path],
+                 _main_for_workers(from_main))
         self.sequence = sequence
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        self._workers = [_WorkerHandle(context, state) for _ in range(sequence.workers)]
+        cores = usable_cores()
+        self.workers = min(sequence.workers, cores)
+        if sequence.workers > cores:
+            warnings.warn(f"use_multiprocessing=True with workers={sequence.workers}, but this process may use "
+                          f"{cores} cores: starting {cores} worker processes (more would add only memory and "
+                          "start-up time; the batches are the same for any number).", stacklevel=3)
+        self._workers = _start_workers(self.workers, setup, state)
         self._sending = threading.Lock()
         self._slot_size = 0
         self._slots: list[_Slot] = []
         self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
-        self._lookahead = 2 * sequence.workers
+        self._lookahead = 2 * self.workers
         self._ahead: dict[tuple[int, int], tuple[concurrent.futures.Future, _Slot | None]] = {}
         self._requested_up_to = -1  # the furthest position (epoch * len + index) requested ahead
         self._closed = weakref.finalize(self, _stop, self._workers, False)
@@ -360,14 +460,7 @@ class ProcessBatches:
             if slot is not None:
                 future.add_done_callback(functools.partial(_release, self._free, slot))
         future, slot = request
-        try:
-            reply = future.result()
-        except EOFError as error:
-            hint = GUARD_HINT if _main_script() is not None else (
-                "Its error, if it printed one, is above (a worker the system killed, e.g. for memory, prints none).")
-            raise RuntimeError(
-                f"the worker processes of use_multiprocessing=True ended before building a batch. {hint}"
-            ) from error
+        reply = future.result()
         if reply[0] == "error":
             if slot is not None:
                 self._free.put(slot)
@@ -378,24 +471,31 @@ class ProcessBatches:
         if slot is None:
             if SHARED_SLOTS:
                 self._slot_size = max(self._slot_size, sum(
-                    _aligned(a.nbytes) for a in _flat_arrays(batch)))
+                    aligned(a.nbytes) for a in _flat_arrays(batch)))
             return batch
         return self._views(batch, slot)
 
+    def changed_by(self, epoch: int, index: int) -> str:
+        """The sequence's `changed_by` (computed here, in the training process), if it has one."""
+        explain = getattr(self.sequence, "changed_by", None)
+        if explain is None:
+            return "static shapes need every batch to have the first batch's shapes and dtypes."
+        return str(explain(epoch, index))
+
     def _views(self, batch: Any, slot: _Slot) -> Any:
-        """The batch with each `_InSlot` replaced by a view of `slot`; the slot is free again when all
+        """The batch with each `InSlot` replaced by a view of `slot`; the slot is free again when all
         the views (and whatever TensorFlow made of them without copying) are gone."""
         memory = np.frombuffer(slot.memory, np.uint8)  # every view below keeps this array alive
 
         def view(item: Any) -> Any:
-            if not isinstance(item, _InSlot):
+            if not isinstance(item, InSlot):
                 return item
             dtype = np.dtype(item.dtype)
             count = int(np.prod(item.shape, dtype=np.int64))
             return memory[item.offset:item.offset + count * dtype.itemsize].view(dtype).reshape(item.shape)
 
         result = _map_items(view, batch)
-        weakref.finalize(memory, self._free.put, slot)
+        weakref.finalize(memory, _give_back, weakref.ref(self), slot)
         return result
 
     def close(self) -> None:
@@ -406,7 +506,7 @@ class ProcessBatches:
 
 def _flat_arrays(batch: Any) -> list[np.ndarray]:
     arrays: list[np.ndarray] = []
-    _map_arrays(arrays.append, batch)
+    map_arrays(arrays.append, batch)
     return arrays
 
 

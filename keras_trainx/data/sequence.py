@@ -1,9 +1,6 @@
 """`AugmentedSequence`: a reproducible albumentations image generator on `keras.utils.PyDataset`."""
 
-import copy
-import math
 import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -13,11 +10,12 @@ import tensorflow as tf
 
 from keras_trainx.compat import signature_batches
 from keras_trainx.data import loaders
+from keras_trainx.data.batches import BatchBuilder
 from keras_trainx.data.epochs import EpochCallback, remember_dataset
 from keras_trainx.data.pipeline import build_pipeline
-from keras_trainx.data.rng import SampleStreams, check_seed, epoch_permutation
+from keras_trainx.data.rng import check_seed
 from keras_trainx.data.sources import as_source
-from keras_trainx.data.targets import BatchTargets, Targets
+from keras_trainx.data.targets import Targets
 from keras_trainx.data.tf_dataset import batch_dataset, check_prefetch
 from keras_trainx.validation import check_bool, check_int
 
@@ -41,8 +39,10 @@ class AugmentedSequence(keras.utils.PyDataset):
     by `BackupAndRestore` continues the augmentations of the interrupted one; add it to the
     callbacks of `Model.fit` for the same.
 
-    Each worker thread uses its own copy of the pipeline; the pipeline is validated in albumentations'
-    strict mode when the sequence is built (arguments albumentations would ignore raise ValueError).
+    The batches are built by `self.batches`, a `BatchBuilder` (images, targets, pipeline, seed; no
+    Keras in it), which is what worker processes receive. Each worker thread uses its own copy of the
+    pipeline; the pipeline is validated in albumentations' strict mode when the sequence is built
+    (arguments albumentations would ignore raise ValueError).
 
     A batch is `(images, target)`, `(images, target, sample_weight)`, or `(images,)` without targets.
     `target` is `y` (one-hot float32 when `num_classes` is given), the masks when only `masks` is given,
@@ -100,9 +100,9 @@ class AugmentedSequence(keras.utils.PyDataset):
         check_int("max_queue_size", max_queue_size, minimum=1)
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
-        self.images = as_source(x, "x")
-        n = len(self.images)
-        self.targets = Targets(
+        images = as_source(x, "x")
+        n = len(images)
+        targets = Targets(
             n, y=y, num_classes=num_classes, masks=masks, boxes=boxes, box_classes=box_classes,
             max_boxes=max_boxes, keypoints=keypoints, keypoint_format=keypoint_format,
             max_keypoints=max_keypoints, sample_weight=sample_weight,
@@ -122,23 +122,19 @@ class AugmentedSequence(keras.utils.PyDataset):
             image_size = (check_int("image_size[0]", image_size[0], minimum=1),
                           check_int("image_size[1]", image_size[1], minimum=1))
         check_bool("shuffle", shuffle)
-        self.pipeline = build_pipeline(
+        pipeline = build_pipeline(
             transform, image_size=image_size, bbox_format=bbox_format,
             keypoint_format=None if keypoints is None else keypoint_format,
         )
         self.class_names = None if class_names is None else _check_class_names(class_names, num_classes, y)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = check_seed(seed)
-        self.drop_remainder = drop_remainder
+        self.batches = BatchBuilder(images, targets, pipeline, batch_size=batch_size, shuffle=shuffle,
+                                    seed=check_seed(seed), drop_remainder=drop_remainder)
         self._epoch = 0
         self._epoch_open = False
         self._epoch_told = False
         self._served: list[int] = []  # the first batch indices seq[i] served of this epoch (3 at most)
         self._unopened_end: tuple[int, bool] | None = None  # what on_epoch_begin() restores
         self._passes = 0
-        self._orders: dict[int, np.ndarray] = {}
-        self._local = threading.local()
 
     @classmethod
     def from_directory(cls, root: str | os.PathLike, *, extensions: tuple[str, ...] = loaders.IMAGE_EXTENSIONS,
@@ -238,43 +234,48 @@ class AugmentedSequence(keras.utils.PyDataset):
         return EpochCallback(self)
 
     @property
+    def images(self) -> Any:
+        """The source of the images (`keras_trainx.data.sources`)."""
+        return self.batches.images
+
+    @property
+    def targets(self) -> Targets:
+        """The targets of the images."""
+        return self.batches.targets
+
+    @property
+    def pipeline(self) -> Any:
+        """The sequence's own, validated `A.Compose` (a copy of `transform`)."""
+        return self.batches.pipeline
+
+    @property
+    def seed(self) -> int:
+        """The seed: batches are a pure function of `(seed, epoch, index)`."""
+        return self.batches.seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.batches.batch_size
+
+    @property
+    def shuffle(self) -> bool:
+        return self.batches.shuffle
+
+    @property
+    def drop_remainder(self) -> bool:
+        return self.batches.drop_remainder
+
+    @property
     def num_samples(self) -> int:
         return len(self.images)
 
     def __len__(self) -> int:
-        if self.drop_remainder:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        """The sample order of `epoch` (computed once per epoch; any thread may ask)."""
-        order = self._orders.get(epoch)
-        if order is None:
-            order = (epoch_permutation(self.seed, epoch, self.num_samples) if self.shuffle
-                     else np.arange(self.num_samples))
-            self._orders = {epoch: order, **{e: o for e, o in self._orders.items() if e == epoch - 1}}
-        return order
-
-    def _thread_pipeline(self) -> tuple[Any, SampleStreams]:
-        """This thread's copy of the pipeline and its random streams (moved to each sample in place).
-
-        The pipeline is given the streams' two generators once: `Compose.set_random_state` only keeps
-        references to them, and `SampleStreams.move_to` changes their state, not the objects.
-        """
-        state = getattr(self._local, "state", None)
-        if state is None:
-            pipeline, streams = copy.deepcopy(self.pipeline), SampleStreams(self.seed)
-            pipeline.set_random_state(streams.generator, streams.python_random)
-            state = self._local.state = pipeline, streams
-        return state
+        return len(self.batches)
 
     def batch_indices(self, index: int, epoch: int | None = None) -> np.ndarray:
         """The sample indices (into `x`) of batch `index` of `epoch` (the current epoch by default)."""
-        index = check_int("index", index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch index {index} out of range for {len(self)} batches.")
-        order = self._order(self._epoch if epoch is None else check_int("epoch", epoch, minimum=0))
-        return order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.batches.indices(check_int("index", index),
+                                    self._epoch if epoch is None else check_int("epoch", epoch, minimum=0))
 
     def __getitem__(self, index: int) -> tuple:
         batch = self.epoch_batch(self._epoch, index)
@@ -320,7 +321,7 @@ class AugmentedSequence(keras.utils.PyDataset):
         >>> seq.build_batch(0, 1, lambda shape, dtype: buffer)[0] is buffer, int(buffer.sum())
         (True, 24)
         """
-        return self.build_samples(epoch, self.batch_indices(index, epoch), empty)
+        return self.batches.build_batch(check_int("epoch", epoch, minimum=0), check_int("index", index), empty)
 
     def build_samples(self, epoch: int, ids: np.ndarray,
                       empty: Callable[[tuple, np.dtype], np.ndarray]) -> tuple:
@@ -347,30 +348,17 @@ class AugmentedSequence(keras.utils.PyDataset):
         >>> bool((part == seq.epoch_batch(1, 0)[0][2:]).all())
         True
         """
-        pipeline, streams = self._thread_pipeline()
-        collected = BatchTargets(self.targets, len(ids))
-        images = None
-        for j, i in enumerate(ids):
-            streams.move_to(epoch, int(i))
-            image = self.images[i]
-            output = pipeline(image=image, **self.targets.inputs(i, image, self.images.describe))
-            result = output["image"]
-            if images is None:
-                images = empty((len(ids),) + result.shape, result.dtype)
-            elif result.shape != images.shape[1:]:
-                raise ValueError(
-                    f"{self.images.describe(i)} comes out of the pipeline with shape {result.shape}, the "
-                    f"batch's first image with {images.shape[1:]}; pass image_size=(height, width) or add "
-                    f"a transform with a fixed output size (A.Resize, A.RandomResizedCrop...)."
-                )
-            images[j] = result
-            collected.add(j, output)
-        target = collected.result(ids)
-        if target is None:
-            return (images,)
-        if self.targets.sample_weight is not None:
-            return images, target, self.targets.sample_weight[ids]
-        return images, target
+        return self.batches.build_samples(epoch, ids, empty)
+
+    def for_workers(self) -> BatchBuilder:
+        """What worker processes receive to build this sequence's batches: `batches` (no Keras in it)."""
+        return self.batches
+
+    def changed_by(self, epoch: int, index: int) -> str:
+        """Names the transforms applied to the first image of batch `index` of `epoch` or to that of
+        batch 0 of epoch 0 only (the batch a dataset takes its element spec from), for an error message."""
+        return self.batches.changed_by((0, int(self.batch_indices(0, 0)[0])),
+                                       (epoch, int(self.batch_indices(index, epoch)[0])))
 
     def on_epoch_begin(self) -> None:
         """Opens an epoch (Keras calls it at the start of every epoch of `fit` and `evaluate`).
@@ -459,15 +447,6 @@ class AugmentedSequence(keras.utils.PyDataset):
 
         return preview(self, n, cols=cols)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_local"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
-
 
 def workers_dataset(source: Any, *, prefetch: int, static_batch: bool = True) -> tf.data.Dataset:
     """The `batch_dataset` of `source`, its batches built by `source.workers` threads, or worker
@@ -475,7 +454,8 @@ def workers_dataset(source: Any, *, prefetch: int, static_batch: bool = True) ->
 
     Args:
         source: a batch source (see `batch_dataset`) with `workers`, `use_multiprocessing` and
-            `build_batch(epoch, index, empty)`: an `AugmentedSequence` or a shard of one.
+            `build_batch(epoch, index, empty)` and `for_workers()`: an `AugmentedSequence` or a shard
+            of one.
         prefetch, static_batch: as in `batch_dataset`.
 
     Returns:
@@ -486,7 +466,8 @@ def workers_dataset(source: Any, *, prefetch: int, static_batch: bool = True) ->
 
         # tf.data asks for up to two batches per worker at once; ProcessBatches itself queues the
         # batches that follow each request, so that a worker never waits for tf.data
-        return batch_dataset(ProcessBatches(source), parallel_calls=2 * source.workers, prefetch=prefetch,
+        batches = ProcessBatches(source)  # at most one worker per usable core
+        return batch_dataset(batches, parallel_calls=2 * batches.workers, prefetch=prefetch,
                              static_batch=static_batch)
     return batch_dataset(source, parallel_calls=source.workers, prefetch=prefetch, static_batch=static_batch)
 

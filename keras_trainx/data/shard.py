@@ -16,8 +16,8 @@ does for uneven data.
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from keras_trainx.data.batches import BatchShare, share_rows
 from keras_trainx.validation import check_int
 
 
@@ -46,6 +46,7 @@ class SequenceShard:
         self.count = check_int("count", count, minimum=1)
         self.index = check_int("index", index, minimum=0, maximum=count - 1)
         self.sequence = sequence
+        self.share = BatchShare(sequence.batches, self.index, self.count)
 
     @property
     def workers(self) -> int:
@@ -68,9 +69,7 @@ class SequenceShard:
         >>> [SequenceShard(seq, i, 3).rows(8) for i in range(3)]
         [slice(0, 3, None), slice(3, 6, None), slice(6, 8, None)]
         """
-        quotient, remainder = divmod(size, self.count)
-        start = self.index * quotient + min(self.index, remainder)
-        return slice(start, start + quotient + (self.index < remainder))
+        return share_rows(size, self.index, self.count)
 
     def start_pass(self) -> int:
         return self.sequence.start_pass()
@@ -82,9 +81,8 @@ class SequenceShard:
     def build_batch(self, epoch: int, index: int, empty: Any) -> tuple:
         """`epoch_batch(epoch, index)`, its images in the array `empty(shape, dtype)` returns (see
         `AugmentedSequence.build_batch`)."""
-        ids = self.sequence.batch_indices(index, epoch)
-        rows = self.rows(len(ids))
-        if rows.start < rows.stop:
-            return self.sequence.build_samples(epoch, ids[rows], empty)
-        first = self.sequence.build_samples(epoch, ids[:1], empty)
-        return tf.nest.map_structure(lambda array: array[:0], first)
+        return self.share.build_batch(epoch, index, empty)
+
+    def for_workers(self) -> BatchShare:
+        """What worker processes receive to build this share's batches (no Keras in it)."""
+        return self.share

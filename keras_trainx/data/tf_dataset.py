@@ -63,6 +63,28 @@ def _flat_arrays(batch: Any, index: int) -> list[np.ndarray]:
     return flat
 
 
+def _check_like_first(source: Any, first: list[tuple[np.dtype, tuple]], flat: list[np.ndarray], epoch: int,
+                      index: int, *, batch_axis: bool) -> None:
+    """Raises ValueError if batch `index` of `epoch` differs from the first batch (of epoch 0) in a dtype
+    or a shape (beyond the batch size unless `batch_axis`): the dataset's element spec is the first's.
+
+    Args:
+        first: the `(dtype, shape)` of each array of the first batch (not the arrays: they may be views
+            of a worker pool's shared memory, which TensorFlow's traced functions would keep).
+
+    A source with `changed_by(epoch, index)` (an `AugmentedSequence`) names the transforms behind it.
+    """
+    for k, ((dtype, shape), b) in enumerate(zip(first, flat)):
+        if dtype == b.dtype and (shape == b.shape if batch_axis else shape[1:] == b.shape[1:]):
+            continue
+        why = source.changed_by(epoch, index) if hasattr(source, "changed_by") else (
+            "static shapes need every batch to have the first batch's shapes and dtypes.")
+        raise ValueError(
+            f"sequence: batch {index} of epoch {epoch} differs from the first batch in array {k} of its "
+            f"structure ({b.dtype} {b.shape}, the first batch {dtype} {shape}): {why}"
+        )
+
+
 class _HookedBatches:
     """A plain `PyDataset` as a source: Keras' epoch hooks at each pass start; `epoch` is ignored."""
 
@@ -169,12 +191,8 @@ def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool 
         num_batches -= 1
         if num_batches < 1:
             raise ValueError("sequence: drop_remainder=True leaves no batch (the only batch is partial).")
-    for a, b in zip(first, last):
-        if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
-            raise ValueError(
-                f"sequence: batches differ beyond the batch size (first batch {a.shape} {a.dtype}, last batch "
-                f"{b.shape} {b.dtype}); static shapes need every batch to have the same shapes."
-            )
+    spec = [(a.dtype, a.shape) for a in first]
+    _check_like_first(source, spec, last, 0, len(source) - 1, batch_axis=False)
     dtypes = [tf.as_dtype(a.dtype) for a in first]
     shapes = [a.shape if static_batch else (None,) + a.shape[1:] for a in first]
     source_ref = weakref.ref(source)
@@ -189,7 +207,10 @@ def batch_dataset(source: Any, *, parallel_calls: int = 1, drop_remainder: bool 
         return np.int64(live_source().start_pass())
 
     def load(epoch: Any, index: Any) -> list[np.ndarray]:
-        return _flat_arrays(live_source().epoch_batch(int(epoch), int(index)), int(index))
+        live, epoch, index = live_source(), int(epoch), int(index)
+        flat = _flat_arrays(live.epoch_batch(epoch, index), index)
+        _check_like_first(live, spec, flat, epoch, index, batch_axis=static_batch)
+        return flat
 
     def pass_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         return tf.data.Dataset.range(num_batches).map(lambda index: (epoch, index))
