@@ -31,7 +31,6 @@ Run: `python benchmarks/scaling_plan.py` (the table) or `python benchmarks/scali
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -113,21 +112,12 @@ def bert_step_ms():
 # --- measurement: W = 1 and W = 2 worker processes on 127.0.0.1 --------------------------------
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def run_workers(count, directory):
     """Runs `count` workers (one process alone when 1); returns their JSON results."""
+    from keras_trainx.distribute.launch import free_ports
+
     outputs = [os.path.join(directory, f"w{count}_{i}.json") for i in range(count)]
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(count)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(count)]}
     processes = []
     for index, output in enumerate(outputs):
         environment = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2")

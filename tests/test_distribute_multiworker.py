@@ -10,7 +10,6 @@ Every wait is bounded: a worker that fails stops the other, and the whole run ha
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -20,22 +19,12 @@ import pytest
 
 import multiworker_worker as worker
 from keras_trainx.distribute import slurm
+from keras_trainx.distribute.launch import free_ports
 from keras_trainx.distribute import strategy as distribute_strategy
 
 WORKER_SCRIPT = pathlib.Path(worker.__file__)
 REPOSITORY = WORKER_SCRIPT.parent.parent
 DEADLINE_S = 90
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _worker_environment(cluster, index):
@@ -65,7 +54,7 @@ def _run_workers(outputs, environments=None, script=WORKER_SCRIPT, arguments=(),
     Each worker's stderr goes to a file next to its output (a pipe could fill up and block it).
     """
     if environments is None:
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(outputs))]}
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(len(outputs))]}
         environments = [_worker_environment(cluster, index) for index in range(len(outputs))]
     log_paths = [pathlib.Path(output).with_suffix(".log") for output in outputs]
     processes = []
