@@ -473,3 +473,21 @@ def test_batches_are_requested_ahead_in_turn_once_each_and_again_after_a_jump_ba
         assert sent == [(0, 0, 0), (1, 0, 1), (0, 0, 2), (1, 0, 3), (0, 0, 4)]
     finally:
         batches.close()
+
+
+class _ReversedBatches(AugmentedSequence):
+    """Builds its batches itself, which worker processes would not run."""
+
+    def build_batch(self, epoch, index, empty):
+        images, *rest = super().build_batch(epoch, index, empty)
+        return (images[::-1], *rest)
+
+
+def test_a_subclass_that_builds_its_own_batches_is_refused_for_process_workers():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    threads = _ReversedBatches(images, batch_size=2, seed=0, workers=2)
+    assert next(iter(threads.to_tf_dataset()))[0].shape == (2, 8, 8, 3)  # threads run the override
+    processes = _ReversedBatches(images, batch_size=2, seed=0, workers=2, use_multiprocessing=True)
+    with pytest.raises(TypeError, match=r"^_ReversedBatches overrides build_batch, which use_multiprocessing=True "
+                                        r"worker processes do not run: .* Use thread workers"):
+        processes.to_tf_dataset()

@@ -351,7 +351,20 @@ class AugmentedSequence(keras.utils.PyDataset):
         return self.batches.build_samples(epoch, ids, empty)
 
     def for_workers(self) -> BatchBuilder:
-        """What worker processes receive to build this sequence's batches: `batches` (no Keras in it)."""
+        """What worker processes receive to build this sequence's batches: `batches` (no Keras in it).
+
+        A subclass that builds its batches itself (overrides `epoch_batch`, `build_batch` or
+        `build_samples`) is refused: the workers would build the base class's batches instead.
+        """
+        overridden = [name for name in ("epoch_batch", "build_batch", "build_samples")
+                      if getattr(type(self), name) is not getattr(AugmentedSequence, name)]
+        if overridden:
+            raise TypeError(
+                f"{type(self).__name__} overrides {', '.join(overridden)}, which use_multiprocessing=True "
+                "worker processes do not run: they build batches with the sequence's `batches` "
+                "(a BatchBuilder, without Keras). Use thread workers (use_multiprocessing=False), or "
+                "change the batches through `transform` instead of overriding."
+            )
         return self.batches
 
     def changed_by(self, epoch: int, index: int) -> str:
