@@ -1,18 +1,28 @@
 """keras_trainx: exact gradient accumulation, tf.distribute helpers, schedules, Mish and
 albumentations generators for Keras 3 (TensorFlow backend).
 
-The public names load on first use (PEP 562 `__getattr__`): `import keras_trainx` imports neither
-Keras nor TensorFlow, so that processes which need only part of the package (the worker processes
-of `AugmentedSequence(..., use_multiprocessing=True)`, `keras-trainx --help`) stay light. Keras'
-backend is checked when a public name first loads Keras, and at import if Keras is already loaded.
+Importing the package registers its Keras objects (Mish, the schedules, ...), so that
+`keras.models.load_model` finds them whichever of `keras` and `keras_trainx` was imported first.
+The public names are looked up on first use (PEP 562 `__getattr__`): the worker processes of
+`AugmentedSequence(..., use_multiprocessing=True)` run with `KERAS_TRAINX_BATCH_WORKER=1` in their
+environment (`keras_trainx.data.process_launcher` sets it), where importing the package registers
+nothing, and so loads neither Keras nor TensorFlow, until a public name is used. Keras' backend is
+checked when Keras is loaded.
 """
 
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from keras_trainx import _moved
 from keras_trainx._version import __version__
+
+#: In the environment of the worker processes that build batches without Keras (`process_launcher`).
+BATCH_WORKER_VARIABLE = "KERAS_TRAINX_BATCH_WORKER"
+
+#: The modules whose import registers Keras objects (`keras.saving.register_keras_serializable`).
+REGISTERING = ("activations", "layers", "schedules", "saving")
 
 #: Each public name and the module that defines it (submodules map to themselves).
 PUBLIC = {
@@ -59,6 +69,10 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(PUBLIC))
 
 
-if "keras" in sys.modules:
+if not os.environ.get(BATCH_WORKER_VARIABLE):
+    _check_backend()
+    for _module in REGISTERING:
+        importlib.import_module(f"keras_trainx.{_module}")
+elif "keras" in sys.modules:
     _check_backend()
 _moved.install()

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_trainx.data import AugmentedSequence, process_pool
+from keras_trainx.data import AugmentedSequence, process_launcher, process_pool
 from worker_faults import BreakWorker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +38,7 @@ class Invert(A.ImageOnlyTransform):
         return 255 - img
 
 
-{indent}from keras_trainx.data import AugmentedSequence, process_pool
+{indent}from keras_trainx.data import AugmentedSequence, process_launcher, process_pool
 {indent}x = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
 {indent}dataset = AugmentedSequence(x, np.arange(16), batch_size=4, seed=0, workers=2, use_multiprocessing=True,
 {indent}                            transform=[{transform}]).to_tf_dataset()
@@ -98,7 +98,7 @@ def test_the_worker_modules_import_no_tensorflow():
     result = subprocess.run(
         [sys.executable, "-c", "import sys, keras_trainx.data.process_launcher, keras_trainx.data.process_worker; "
          "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'jax', 'torch'}))"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=process_launcher.environment())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -176,18 +176,37 @@ def test_a_moved_module_imports_from_its_old_path_with_a_warning_naming_the_new_
     }
 
 
-def test_importing_the_package_loads_neither_keras_nor_tensorflow_until_a_public_name_is_used():
-    result = _run(
+def test_in_a_batch_worker_importing_the_package_loads_neither_keras_nor_tensorflow_until_used():
+    result = subprocess.run([sys.executable, "-c", (
         "import sys, keras_trainx\n"
         "heavy = lambda: sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow'})\n"
         "print(heavy(), keras_trainx.__version__, heavy())\n"
         "keras_trainx.fit_accumulated, keras_trainx.AugmentedSequence, keras_trainx.schedules.MultiStepDecay\n"
-        "print(heavy(), sorted(set(keras_trainx.__all__) - set(dir(keras_trainx))))"
-    )
+        "print(heavy(), sorted(set(keras_trainx.__all__) - set(dir(keras_trainx))))")],
+        capture_output=True, text=True, timeout=180, cwd=PACKAGE.parent,
+        env={**os.environ, "KERAS_TRAINX_BATCH_WORKER": "1"})
     assert result.returncode == 0, result.stderr
     from keras_trainx._version import __version__
 
     assert result.stdout.strip().splitlines()[-2:] == [f"[] {__version__} []", "['keras', 'tensorflow'] []"]
+
+
+SAVED_WITH_OUR_OBJECTS = """
+import keras, keras_trainx
+model = keras.Sequential([keras.Input((3,)), keras_trainx.layers.Mish(), keras.layers.Dense(1)])
+model.compile(optimizer=keras.optimizers.SGD(keras_trainx.schedules.WarmUp(0.1, 10)), loss="mse")
+model.save({path!r})
+"""
+
+
+@pytest.mark.parametrize("imports", ["import keras_trainx, keras", "import keras, keras_trainx"])
+def test_importing_the_package_registers_its_objects_for_keras_load_model(tmp_path, imports):
+    path = str(tmp_path / "model.keras")
+    assert _run(SAVED_WITH_OUR_OBJECTS.format(path=path)).returncode == 0
+    result = _run(f"{imports}\nmodel = keras.models.load_model({path!r})\n"
+                  "print(type(model.layers[0]).__name__, model.optimizer.get_config()['learning_rate']['class_name'])")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["Mish", "WarmUp"]
 
 
 @pytest.mark.parametrize("code", ["import keras, keras_trainx", "import keras_trainx; keras_trainx.load_model"],

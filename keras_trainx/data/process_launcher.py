@@ -30,6 +30,7 @@ import struct
 import sys
 import traceback
 
+from keras_trainx import BATCH_WORKER_VARIABLE
 from keras_trainx.extras import require
 
 STATUS = struct.Struct("i")
@@ -40,6 +41,12 @@ def command(fd: int) -> list[str]:
     path = [os.path.abspath(entry) if entry else os.getcwd() for entry in sys.path]
     return [sys.executable, "-c", f"import sys; sys.path[:] = {path!r}; "
             f"from keras_trainx.data.process_launcher import serve; serve({fd})"]
+
+
+def environment() -> dict[str, str]:
+    """The launcher's environment: this process's, with `keras_trainx.BATCH_WORKER_VARIABLE` set, so
+    that importing `keras_trainx` there (and in its workers) registers nothing and loads no Keras."""
+    return {**os.environ, BATCH_WORKER_VARIABLE: "1"}
 
 
 def _write(fd: int, value: int) -> None:

@@ -194,6 +194,7 @@ class Launcher:
         self.control, theirs = socket.socketpair()
         try:
             self.process = subprocess.Popen(process_launcher.command(theirs.fileno()),
+                                            env=process_launcher.environment(),
                                             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
