@@ -349,8 +349,11 @@ def test_a_worker_that_dies_fails_its_batches_naming_it_and_how_it_ended(how, en
         assert message.startswith(f"worker process {builder.pid} of use_multiprocessing=True {ended}")
         assert message.endswith("; the dataset cannot go on without it.")
         assert "__main__" not in message
-        with pytest.raises(RuntimeError, match=f"worker process {builder.pid} "):  # and so do its later batches
-            batches.epoch_batch(1, 0)
+        # and so do its later batches: those of epoch 3, none of which it can have built before it died
+        # (the read-ahead had asked it for batches of epoch 1 at most)
+        with pytest.raises(RuntimeError, match=f"worker process {builder.pid} "):
+            for index in range(4):
+                batches.epoch_batch(3, index)
     finally:
         batches.close()
 
