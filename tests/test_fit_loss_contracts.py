@@ -48,6 +48,16 @@ def _data(n=27, seed=0):
     return x, y, weights
 
 
+def _assert_fits_as_the_big_batch(reference, accumulated, tolerance):
+    """3 epochs of 27 samples: `reference` fits batches of 32, `accumulated` windows of 8, 8, 8, 3."""
+    x, y, _ = _data()
+    expected = reference.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+    history = keras_trainx.fit_accumulated(accumulated, x, y, batch_size=8, accum_steps=4, epochs=3,
+                                           shuffle=False, verbose=0)
+    assert max_weight_difference(reference, accumulated) < tolerance
+    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "make_optimizer, tolerance",
     [(lambda: keras.optimizers.SGD(0.1), SGD_TOLERANCE),
@@ -57,13 +67,8 @@ def _data(n=27, seed=0):
 def test_added_losses_count_as_in_the_big_batch(make_optimizer, tolerance):
     # 27 samples in micro-batches of 8 (8, 8, 8, 3 per window): before, the hand-written sum
     # entered each micro-batch weighted by its share of the window (1.7e-2 away with SGD).
-    x, y, _ = _data()
-    reference, accumulated = _penalized_model(make_optimizer()), _penalized_model(make_optimizer())
-    expected = reference.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
-    history = keras_trainx.fit_accumulated(accumulated, x, y, batch_size=8, accum_steps=4, epochs=3,
-                                           shuffle=False, verbose=0)
-    assert max_weight_difference(reference, accumulated) < tolerance
-    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+    _assert_fits_as_the_big_batch(_penalized_model(make_optimizer()), _penalized_model(make_optimizer()),
+                                  tolerance)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean_with_sample_weight"])
@@ -113,14 +118,8 @@ def test_an_add_loss_term_without_inputs_counts_once_per_update(make_optimizer, 
                                                                 with_input_penalty):
     # A weight penalty added in `call` has no path from the inputs: the big batch adds it once per
     # step, as a kernel_regularizer. Before, every micro-batch added it (0.02 away with SGD, k=4).
-    x, y, _ = _data()
-    reference = _kernel_penalty_model(make_optimizer(), with_input_penalty)
-    accumulated = _kernel_penalty_model(make_optimizer(), with_input_penalty)
-    expected = reference.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
-    history = keras_trainx.fit_accumulated(accumulated, x, y, batch_size=8, accum_steps=4, epochs=3,
-                                           shuffle=False, verbose=0)
-    assert max_weight_difference(reference, accumulated) < tolerance
-    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+    _assert_fits_as_the_big_batch(_kernel_penalty_model(make_optimizer(), with_input_penalty),
+                                  _kernel_penalty_model(make_optimizer(), with_input_penalty), tolerance)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean_with_sample_weight"])
