@@ -126,7 +126,12 @@ def peers(batch, accum_steps):
 
 
 def throughput(args, build, x, y):
-    """(samples/s, CPU-s per sample) of every peer in each round, peers in a rotated order."""
+    """(samples/s, CPU-s per sample) of every peer in each round, peers in a shuffled order.
+
+    Shuffled, not rotated: in a rotated order each peer always follows the same one, and what that
+    one leaves behind (caches, the allocator, threads waking) then counts as the peer's own cost
+    (measured: `every=4` then "cost" as much as `every=1`, 1.08x and 1.09x).
+    """
     import keras
 
     runs = peers(args.batch, args.accum_steps)
@@ -134,16 +139,23 @@ def throughput(args, build, x, y):
     models = {}
     warm_up = args.batch * args.accum_steps * 2
     for name, (optimizer_kwargs, train) in runs.items():
-        models[name] = build(x.shape[1:], keras.optimizers.Adam(1e-3, **optimizer_kwargs))
+        if name.startswith("fit_accumulated") and names[0] in models:
+            # One model for every fit_accumulated peer, so that they differ by the noise scale alone:
+            # two instances of the same model differed by up to 5% in speed here (buffer placement).
+            models[name] = models[names[0]]
+        else:
+            models[name] = build(x.shape[1:], keras.optimizers.Adam(1e-3, **optimizer_kwargs))
         train(models[name], x[:warm_up], y[:warm_up])
     rounds = []
-    for index in range(args.rounds):
+    order = np.random.default_rng(0)
+    for _ in range(args.rounds):
         rates = {}
-        for name in names[index % len(names):] + names[: index % len(names)]:
+        for position in order.permutation(len(names)):
+            name = names[position]
             start, start_cpu = time.perf_counter(), time.process_time()
             runs[name][1](models[name], x, y)
             rates[name] = (len(x) / (time.perf_counter() - start), (time.process_time() - start_cpu) / len(x))
-        rounds.append(rates)
+        rounds.append({name: rates[name] for name in names})
     return rounds
 
 

@@ -73,19 +73,30 @@ def test_under_mirrored_strategy_each_replica_estimates_and_the_average_holds():
 
 def test_windows_of_one_micro_batch_give_no_estimate_and_smoothing_is_debiased():
     noise = GradientNoiseScale(smoothing=0.5)
-    names = keras_trainx.accumulation.WindowStatistics(0)
+    names = keras_trainx.accumulation.WindowStatistics(0, replicas=2)
     window = np.zeros(names.size)
-    noise.update(window, names)  # noise_replicas 0: a window of one micro-batch
-    assert noise.updates == 0 and np.isnan(noise.noise_scale)
-    window[[names.noise_trace, names.noise_gradient, names.noise_replicas]] = [8.0, 2.0, 2.0]
-    noise.update(window, names)  # per replica: 4 and 1
-    assert (noise.trace, noise.squared_gradient, noise.noise_scale) == (4.0, 1.0, 4.0)
-    window[[names.noise_trace, names.noise_gradient, names.noise_replicas]] = [2.0, -3.0, 1.0]
+    rows = window[names.noise].reshape(2, -1)  # a view: columns as WindowStatistics.NOISE
+    rows[:, :4] = [[1.0, 0.5, 1.0, 2.0], [1.0, 0.5, 1.0, 2.0]]  # one micro-batch of 2 per replica
     noise.update(window, names)
-    # debiased EMA after two updates: (0.5 * 0.5 * 4 + 0.5 * 2) / (1 - 0.25) and
-    # (0.5 * 0.5 * 1 + 0.5 * -3) / (1 - 0.25)
-    assert noise.trace == pytest.approx(2.0 / 0.75)
-    assert noise.squared_gradient == pytest.approx(-1.25 / 0.75)
+    assert noise.updates == 0 and np.isnan(noise.noise_scale)
+    # micro-batches of 2 and 6 (h = 1/3, B = 8): a = 2 * 5 / 2 = 5 and |G_B|^2 = 2 * 4 / 2**2 = 2 give
+    # tr = (5 - 2) / (1/3 - 1/8) = 14.4 and |G|^2 = 2 - 14.4 / 8 = 0.2; the other replica's window
+    # of one micro-batch counts for nothing
+    rows[0] = [5.0, 0.5 + 1 / 6, 2.0, 8.0, 2.0, 4.0]
+    noise.update(window, names)
+    assert (noise.trace, noise.squared_gradient) == pytest.approx((14.4, 0.2), rel=1e-12)
+    rows[1] = [3.0, 0.5, 2.0, 8.0, 1.0, 1.5]  # a = 3, h = 1/4, |G_B|^2 = 3: tr = 0, |G|^2 = 3
+    noise.update(window, names)
+    # the two replicas' estimates averaged, (7.2, 1.6), in a debiased EMA after two updates:
+    # (0.5 * 0.5 * 14.4 + 0.5 * 7.2) / (1 - 0.25) and (0.5 * 0.5 * 0.2 + 0.5 * 1.6) / (1 - 0.25)
+    assert noise.trace == pytest.approx(7.2 / 0.75)
+    assert noise.squared_gradient == pytest.approx(0.85 / 0.75)
+    noise = GradientNoiseScale(smoothing=0.0)  # the last estimate alone
+    rows[0] = rows[1] = [1.0, 0.5, 2.0, 8.0, 1.0, 2.0]  # a = 1, |G_B|^2 = 4: tr = -24, |G|^2 = 7
+    noise.update(window, names)
+    assert (noise.trace, noise.squared_gradient) == (-24.0, 7.0)
+    rows[0] = rows[1] = [13.0, 0.5, 2.0, 8.0, 1.0, 2.5]  # a = 13, |G_B|^2 = 5: tr = 64, |G|^2 = -3
+    noise.update(window, names)
     assert noise.noise_scale == float("inf")
 
 
@@ -140,7 +151,7 @@ def test_every_nth_update_is_the_same_estimator_over_the_measured_windows_alone(
 
 @pytest.mark.parametrize("one_micro_step", [False, True], ids=["weighted", "unweighted-first"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_window_squared_norm_is_that_of_the_window_gradient(groups, one_micro_step):
+def test_window_norm_parts_give_the_window_gradient_norm(groups, one_micro_step):
     from keras_trainx.accumulation.accumulators import Accumulators
     from keras_trainx.accumulation.loss_normalization import DIVISOR, SAMPLES
 
@@ -157,5 +168,6 @@ def test_window_squared_norm_is_that_of_the_window_gradient(groups, one_micro_st
         second = rng.normal(size=(3, 2)).astype("float32")
         sums.add(SAMPLES, [tf.constant(second), None], tf.constant(3.0), step)
         window[0] = window[0] + 3.0 * second / 8.0
-    norm = sums.window_squared_norm({DIVISOR: tf.constant(5.0), SAMPLES: tf.constant(8.0)}, micro_steps)
-    assert float(norm) == pytest.approx(sum(float((w ** 2).sum()) for w in window), rel=1e-6)
+    half, divisor = sums.window_norm_parts({DIVISOR: tf.constant(5.0), SAMPLES: tf.constant(8.0)}, micro_steps)
+    norm = 2.0 * float(half) / float(divisor) ** 2
+    assert norm == pytest.approx(sum(float((w ** 2).sum()) for w in window), rel=1e-6)

@@ -110,19 +110,22 @@ class Accumulators:
                 totals[index] = part if totals[index] is None else totals[index] + part
         return totals
 
-    def window_squared_norm(self, divisors: dict[str, tf.Tensor], micro_steps: tf.Tensor) -> tf.Tensor:
-        """The squared norm of `window_gradients(divisors, micro_steps)` (all variables together), as
-        float32.
+    def window_norm_parts(self, divisors: dict[str, tf.Tensor],
+                          micro_steps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """`(half, divisor)`: the squared norm of `window_gradients(divisors, micro_steps)` (all
+        variables together) is `2 * half / divisor**2`, both float32 scalars.
 
-        With a single group (a model's compiled loss alone) it is that group's `|sum|^2 / divisor^2`,
-        read straight from the sums: no divided copy of every gradient is made for it.
+        With a single group (a model's compiled loss alone) `half` is half the squared norm of that
+        group's sums and `divisor` its divisor, read straight from the sums: no divided copy of every
+        gradient is made for it. With several groups, `half` is half the squared norm of the window
+        gradient and `divisor` is 1.
         """
         groups = [group for group, has in self._with_gradient.items() if any(has)]
         if len(groups) != 1:
-            return squared_norm(self.window_gradients(divisors, micro_steps))
+            return half_squared_norm(self.window_gradients(divisors, micro_steps)), tf.constant(1.0)
         group = groups[0]
         sums = [accumulator for accumulator, has in zip(self.gradients[group], self._with_gradient[group]) if has]
-        return tf.math.divide_no_nan(squared_norm(sums), tf.square(self._divisor(group, divisors, micro_steps)))
+        return half_squared_norm(sums), self._divisor(group, divisors, micro_steps)
 
     def _divisor(self, group: str, divisors: dict[str, tf.Tensor], micro_steps: tf.Tensor) -> tf.Tensor:
         """What `group`'s sums are divided by: its divisor, over the first weight after one micro-step
@@ -131,19 +134,20 @@ class Accumulators:
         return tf.where(tf.equal(micro_steps, 1), tf.math.divide_no_nan(divisor, self.first_weights[group]), divisor)
 
 
-def squared_norm(tensors: list[tf.Tensor | tf.Variable | None]) -> tf.Tensor:
-    """The sum of the squares of every entry of `tensors` (None skipped), as a float32 scalar.
+def half_squared_norm(tensors: list[tf.Tensor | tf.Variable | None]) -> tf.Tensor:
+    """Half the sum of the squares of every entry of `tensors` (None skipped), as a float32 scalar.
 
-    One fused kernel per tensor (`l2_loss`, half the sum of squares) rather than a square and a sum:
-    on a dispatch-bound model the noise scale's cost is mostly its number of ops.
+    One fused kernel per tensor (`l2_loss`) rather than a square and a sum, and no doubling: on a
+    dispatch-bound model the noise scale's cost is mostly its number of ops, and the factor 2 is
+    applied once, on the host (`GradientNoiseScale`).
 
     Example:
 
-    >>> float(squared_norm([tf.constant([3.0, 4.0]), None, tf.constant([[1.0]])]))
-    26.0
+    >>> float(half_squared_norm([tf.constant([3.0, 4.0]), None, tf.constant([[1.0]])]))
+    13.0
     """
     halves = [tf.nn.l2_loss(tf.cast(t, tf.float32)) for t in tensors if t is not None]
-    return 2.0 * tf.add_n(halves) if halves else tf.constant(0.0)
+    return tf.add_n(halves) if halves else tf.constant(0.0)
 
 
 def unscaled(gradient: tf.Tensor | tf.IndexedSlices | None, dtype: tf.DType,

@@ -101,18 +101,22 @@ class GradientNoiseScale(keras.callbacks.Callback):
         return self._seen % self.every == 0
 
     def update(self, statistics: np.ndarray, names: Any) -> None:
-        """Called after every update with its window's statistics vector; folds in a measured one's estimates."""
+        """Called after every update with its window's statistics vector; folds in a measured one's estimates.
+
+        Each replica's row (`names.noise_rows`) gives one estimate of each quantity (`window_estimates`);
+        the valid ones are averaged over replicas.
+        """
         measured = self.measures_next()
         self._seen += 1
         if not measured:
             return
-        replicas = float(statistics[names.noise_replicas])
-        if replicas <= 0:
+        estimates = [e for e in (window_estimates(*row) for row in names.noise_rows(statistics)) if e is not None]
+        if not estimates:
             return  # a window of a single micro-batch: no second batch size
+        trace, gradient = np.mean(estimates, axis=0)
         decay = self.smoothing
-        self._trace_sum = decay * self._trace_sum + (1 - decay) * float(statistics[names.noise_trace]) / replicas
-        self._gradient_sum = (decay * self._gradient_sum
-                              + (1 - decay) * float(statistics[names.noise_gradient]) / replicas)
+        self._trace_sum = decay * self._trace_sum + (1 - decay) * float(trace)
+        self._gradient_sum = decay * self._gradient_sum + (1 - decay) * float(gradient)
         self.updates += 1
 
     @property
@@ -149,3 +153,29 @@ class GradientNoiseScale(keras.callbacks.Callback):
         if not self.updates:
             return math.nan
         return value / (1 - self.smoothing ** self.updates)
+
+
+def window_estimates(micro_half_norms: float, micro_inverse_sizes: float, micro_steps: float, samples: float,
+                     window_divisor: float, window_half_norm: float) -> tuple[float, float] | None:
+    """One window's unbiased estimates `(tr(Sigma), |G|^2)`, or None if it cannot give them.
+
+    With `a` the mean of the micro-batch gradients' squared norms (`2 * micro_half_norms / micro_steps`),
+    `h` the mean of their `1/b_i` and `|G_B|^2 = 2 * window_half_norm / window_divisor**2` the squared
+    norm of the window gradient (`B = samples`): `E[a] = |G|^2 + tr(Sigma) h` and
+    `E[|G_B|^2] = |G|^2 + tr(Sigma) / B`, solved for both. A window of one micro-batch (or of equal
+    `h` and `1/B`) carries no estimate.
+
+    Example:
+
+    >>> window_estimates(micro_half_norms=10.0, micro_inverse_sizes=0.5, micro_steps=2.0, samples=8.0,
+    ...                  window_divisor=2.0, window_half_norm=4.0)
+    (64.0, -6.0)
+    """
+    if micro_steps <= 1 or samples <= 0:
+        return None
+    spread = micro_inverse_sizes / micro_steps - 1.0 / samples
+    if spread <= 0:
+        return None
+    window = 2.0 * window_half_norm / window_divisor**2 if window_divisor else 0.0
+    trace = (2.0 * micro_half_norms / micro_steps - window) / spread
+    return trace, window - trace / samples

@@ -30,10 +30,11 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_trainx import compat
-from keras_trainx.accumulation.accumulators import Accumulators, squared_norm, unscaled
+from keras_trainx.accumulation.accumulators import Accumulators, half_squared_norm, unscaled
 from keras_trainx.accumulation.loss_divisor import recording_loss_divisor
 from keras_trainx.accumulation.input_dependence import depends_on_inputs, traced_dependence
 from keras_trainx.accumulation.loss_normalization import (
@@ -48,19 +49,27 @@ class WindowStatistics:
 
     `divisor` (C), `samples` (N), the numerators of the big batch's loss per group (`divisor_loss`
     = sum c_i * L_i, `samples_loss`, `one_loss`), `output_count` (what Keras added to an output's
-    loss metric); for the noise scale, the micro-steps' `micro_norms` (sum |g_i|^2),
-    `micro_inverse_sizes` (sum 1/b_i) and `micro_steps`, and each replica's unbiased estimates
-    `noise_trace` (tr(Sigma)) and `noise_gradient` (|G|^2) with `noise_replicas` (replicas that made
-    one); then each output's sum c_i * L_ik.
+    loss metric); for the noise scale, the micro-steps' `micro_half_norms` (sum |g_i|^2 / 2),
+    `micro_inverse_sizes` (sum 1/b_i) and `micro_steps`; then each output's sum c_i * L_ik; then,
+    in a window that measures the noise scale, one row of `NOISE` per replica (`replicas` rows,
+    zeros elsewhere): that replica's own micro-step sums and samples, and the window gradient's
+    squared norm as `2 * window_half_norm / window_divisor**2` (see `GradientNoiseScale.update`).
+
+    Args:
+        num_outputs: the model's outputs with a loss metric of their own.
+        replicas: the replicas the window runs on (`strategy.num_replicas_in_sync`).
     """
 
     NAMES = ("divisor", "samples", "divisor_loss", "samples_loss", "one_loss", "output_count",
-             "micro_norms", "micro_inverse_sizes", "micro_steps", "noise_trace", "noise_gradient",
-             "noise_replicas")
+             "micro_half_norms", "micro_inverse_sizes", "micro_steps")
+    NOISE = ("micro_half_norms", "micro_inverse_sizes", "micro_steps", "samples", "window_divisor",
+             "window_half_norm")
 
-    def __init__(self, num_outputs: int) -> None:
-        self.size = len(self.NAMES) + num_outputs
-        self.outputs = slice(len(self.NAMES), None)
+    def __init__(self, num_outputs: int, replicas: int = 1) -> None:
+        self.replicas = replicas
+        self.outputs = slice(len(self.NAMES), len(self.NAMES) + num_outputs)
+        self.noise = slice(self.outputs.stop, self.outputs.stop + len(self.NOISE) * replicas)
+        self.size = self.noise.stop
 
     def __getattr__(self, name: str) -> int:
         try:
@@ -72,7 +81,12 @@ class WindowStatistics:
         """A statistics vector holding `values` (by name; `outputs`: a list) and zeros elsewhere."""
         outputs = values.pop("outputs", [])
         entries = [tf.cast(values.get(name, 0.0), tf.float32) for name in self.NAMES]
-        return tf.stack([*entries, *(tf.cast(o, tf.float32) for o in outputs)])
+        noise = [0.0] * (self.noise.stop - self.noise.start)
+        return tf.stack([*entries, *(tf.cast(o, tf.float32) for o in outputs), *noise])
+
+    def noise_rows(self, statistics: Any) -> Any:
+        """The `NOISE` rows of a (numpy) statistics vector, one per replica, as float64."""
+        return np.asarray(statistics[self.noise], np.float64).reshape(self.replicas, len(self.NOISE))
 
 
 class _MissingGroups(Exception):
@@ -94,8 +108,9 @@ class WindowStep:
     Calling it with `(iterator, num_steps, measure_noise)` runs a window of up to `num_steps`
     micro-batches and returns `(processed, logs, statistics)`: how many micro-batches were consumed,
     the model's metric results and the window's statistics (all replicas) as a numpy vector (see
-    `WindowStatistics`). With `measure_noise=True` the window also estimates the gradient noise scale
-    (McCandlish et al. 2018, appendix A) from its micro-batch and window gradients; each value of
+    `WindowStatistics`). With `measure_noise=True` the window also measures what the gradient noise
+    scale's estimates need (McCandlish et al. 2018, appendix A): the squared norms of its micro-batch
+    and window gradients, per replica (`GradientNoiseScale` estimates from them); each value of
     `measure_noise` has its own trace, made when first asked for, so windows that do not measure run
     none of its ops.
     """
@@ -114,7 +129,7 @@ class WindowStep:
         )
         self._default_compute_loss = type(model).compute_loss is keras.Model.compute_loss
         self._eager_dependence: list[bool] | None = None
-        self.statistics = WindowStatistics(len(self._loss_metrics))
+        self.statistics = WindowStatistics(len(self._loss_metrics), self.strategy.num_replicas_in_sync)
         self._sums = Accumulators(self.strategy, self._variables, self.statistics.size)
         self._function = self._make_function()
 
@@ -262,7 +277,7 @@ class WindowStep:
                 objective, weight = parts.groups[group]
                 statistics[name] = weight * tf.cast(objective, tf.float32)
         if measure_noise:
-            statistics["micro_norms"] = squared_norm(micro_gradient)
+            statistics["micro_half_norms"] = half_squared_norm(micro_gradient)
             statistics["micro_inverse_sizes"] = tf.math.reciprocal_no_nan(samples)
             statistics["micro_steps"] = 1.0
         self._sums.statistics.assign_add(self.statistics.vector(**statistics))
@@ -311,7 +326,7 @@ class WindowStep:
         names = self.statistics
         local = tf.identity(self._sums.statistics)
         if measure_noise:
-            local = self._with_noise_estimates(local, processed)
+            local = self._with_noise_row(local, processed)
         totals = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
         divisor = tf.constant(1.0) if self.reduction == "sum" else totals[names.divisor]
         divisors = {DIVISOR: divisor, SAMPLES: totals[names.samples], ONE: tf.constant(1.0)}
@@ -329,28 +344,24 @@ class WindowStep:
                                   samples=local[names.samples], counted=local[names.output_count])
         return totals
 
-    def _with_noise_estimates(self, local: tf.Tensor, processed: tf.Tensor) -> tf.Tensor:
-        """`local` with this replica's unbiased estimates of tr(Sigma) and |G|^2 in the noise entries.
+    def _with_noise_row(self, local: tf.Tensor, processed: tf.Tensor) -> tf.Tensor:
+        """`local` with this replica's row of the noise-scale statistics filled in.
 
-        With `a` the mean of the micro-batch gradients' squared norms, `h` the mean of their
-        `1/b_i` and `|G_B|^2` the squared norm of this replica's window gradient (`B` samples):
-        `E[a] = |G|^2 + tr(Sigma) h` and `E[|G_B|^2] = |G|^2 + tr(Sigma) / B`, solved for both.
-        A window of one micro-batch carries no estimate.
+        The row holds this replica's micro-step sums and samples and its window gradient's squared
+        norm (over its own counts); `GradientNoiseScale` turns each replica's row into its estimates
+        on the host, so the window runs only the norm's kernels here (a few scalar ops per update
+        fewer on a dispatch-bound model).
         """
         names = self.statistics
-        steps = local[names.micro_steps]
-        samples = local[names.samples]
         divisor = tf.constant(1.0) if self.reduction == "sum" else local[names.divisor]
-        divisors = {DIVISOR: divisor, SAMPLES: samples, ONE: tf.constant(1.0)}
-        window = self._sums.window_squared_norm(divisors, processed)
-        mean_squares = tf.math.divide_no_nan(local[names.micro_norms], steps)
-        spread = (tf.math.divide_no_nan(local[names.micro_inverse_sizes], steps)
-                  - tf.math.reciprocal_no_nan(samples))
-        valid = tf.logical_and(steps > 1.0, spread > 0.0)
-        trace = tf.where(valid, tf.math.divide_no_nan(mean_squares - window, spread), 0.0)
-        gradient = tf.where(valid, window - tf.math.divide_no_nan(trace, samples), 0.0)
-        noise = tf.stack([trace, gradient, tf.cast(valid, tf.float32)])
-        return tf.concat([local[:names.noise_trace], noise, local[names.noise_replicas + 1:]], axis=0)
+        divisors = {DIVISOR: divisor, SAMPLES: local[names.samples], ONE: tf.constant(1.0)}
+        half, window_divisor = self._sums.window_norm_parts(divisors, processed)
+        sums = tf.gather(local, [names.micro_half_norms, names.micro_inverse_sizes, names.micro_steps, names.samples])
+        row = tf.concat([sums, tf.stack([tf.cast(window_divisor, tf.float32), half])], axis=0)
+        if names.replicas > 1:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            row = tf.reshape(tf.one_hot(replica, names.replicas)[:, None] * row[None, :], [-1])
+        return local + tf.pad(row, [[names.noise.start, names.size - names.noise.stop]])
 
 
 def _loss_scale(optimizer: keras.optimizers.Optimizer) -> tf.Tensor | None:
