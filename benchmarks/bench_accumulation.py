@@ -6,9 +6,11 @@ process's CPU time, which a shared machine disturbs less):
     fit_accumulated(micro B, N)  vs  the same with `GradientNoiseScale()` and with
     `GradientNoiseScale(every=4)` (the noise scale's cost)  vs
     Model.fit(B)  vs  Model.fit(B) with Keras' built-in
-    `gradient_accumulation_steps=N`  vs  Model.fit(B * N). Each peer has its own model, traced before
-    the first round. Two workloads: a small CNN on 32x32x3 images, compute-bound on a CPU, and an MLP
-    on 64 features, where per-step dispatch weighs (8x the samples per round).
+    `gradient_accumulation_steps=N`  vs  Model.fit(B * N). The `fit_accumulated` peers share one
+    model (so they differ by the noise scale alone), the others have their own; all are traced before
+    the first round, and each round runs the peers in a shuffled order. Two workloads: a small CNN on
+    32x32x3 images, compute-bound on a CPU, and an MLP on 64 features, where per-step dispatch weighs
+    (8x the samples per round).
 Peak memory (each peer in a fresh process, resident set size above the process' size just before
 training): fit_accumulated(B, N) vs Model.fit(B) vs Model.fit(B * N).
 
