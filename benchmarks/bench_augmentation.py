@@ -56,6 +56,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_trainx  # noqa: E402
 from keras_trainx.data import AugmentedSequence, epoch_callbacks  # noqa: E402
+from process_tree import descendants  # noqa: E402
 
 BATCH = 64
 OURS = "AugmentedSequence"
@@ -82,22 +83,7 @@ def cpu_seconds():
 
 def descendants_cpu_seconds():
     """CPU seconds of the live processes below this one (worker processes), and of their reaped children."""
-    total = 0.0
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append((int(entry), fields))
-    stack = [os.getpid()]
-    while stack:
-        for pid, fields in children.get(stack.pop(), []):
-            total += sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
-            stack.append(pid)
-    return total
+    return sum(sum(int(v) for v in fields[11:15]) for _, fields in descendants(os.getpid())) / TICKS
 
 
 def transforms():

@@ -34,27 +34,11 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from process_tree import descendants  # noqa: E402
+
 PEERS = ("keras", "ours")
 LABELS = {"keras": "Keras PyDataset adapter, multiprocessing.Pool (fork)",
           "ours": "AugmentedSequence.to_tf_dataset() (launcher + forks)"}
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def _uss_mib(pid: int) -> float:
@@ -86,7 +70,7 @@ class _Sampler:
 
     def _run(self) -> None:
         while self.running:
-            for pid in _descendants(self.root):
+            for pid, _ in descendants(self.root):
                 try:
                     self.uss[pid] = max(self.uss.get(pid, 0.0), _uss_mib(pid))
                     self.mapped[pid] = self.mapped.get(pid, False) or _maps_tensorflow(pid)
